@@ -1,4 +1,5 @@
 """Errors a user can fix. The CLI prints their message on one line, without a traceback."""
+from stimuli.base import StimulusError  # noqa: F401  (a ValueError: `stimuli` does not depend on `rig`)
 
 
 class RigError(Exception):
@@ -17,5 +18,5 @@ class SiteError(RigError):
     """A site pattern that matches nothing, or a site whose output cannot be recorded."""
 
 
-class StimulusError(RigError):
-    """Stimulus parameters that cannot produce a valid stimulus set."""
+#: every exception type whose message is meant for the user as it is
+USER_ERRORS: tuple[type[Exception], ...] = (RigError, StimulusError)
