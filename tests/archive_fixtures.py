@@ -91,13 +91,14 @@ def make_session(
     figures: tuple[str, ...] = ("ratemaps",),
     description: str = "",
     data_bytes: int = 1234,
+    slug: str | None = None,
 ) -> Path:
     """Write a session folder `<root>/<created>-<name>-<hexid>/` and return its path.
 
     `resolved` and `provenance` are changes deep-merged into the defaults; `stimuli.nc` gets `data_bytes`
-    bytes so sizes are known.
+    bytes so sizes are known; `slug` replaces `name` in the id.
     """
-    sid = f"{created.strftime('%Y%m%dT%H%M%SZ')}-{name}-{hexid}"
+    sid = f"{created.strftime('%Y%m%dT%H%M%SZ')}-{slug or name}-{hexid}"
     folder = root / sid
     folder.mkdir(parents=True)
     res = deep_update(RESOLVED, {"name": name, "description": description, **(resolved or {})})
@@ -119,7 +120,7 @@ def make_session(
         "steps": steps, "error": error, "headline": headline if headline is not None else {"n_units": 768},
     }
     (folder / "protocol.toml").write_text(
-        PROTOCOL_TOML.format(name=name, description=description.replace('"', '\\"'),
+        PROTOCOL_TOML.format(name=name.replace('"', '\\"'), description=description.replace('"', '\\"'),
                              weights=res["subject"]["weights"], n=res["stimuli"]["n"]), encoding="utf-8")
     for fname, data in (("protocol.resolved.json", res), ("session.json", session), ("provenance.json", prov)):
         (folder / fname).write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -1,0 +1,206 @@
+"""Static HTML pages for a session (`report.html`) and for an archive (`index.html`).
+
+Self-contained: inline CSS, no scripts, no network; figures are linked relatively (`figures/x.png`) so a
+copied session folder keeps working, or embedded as data URIs with `embed=True`. Every string that comes
+from a user or a file is escaped.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote
+
+from rig.archive import Archive, SessionInfo, flatten, human_bytes, parse_time
+from rig.io import write_text
+
+REPORT_FILE = "report.html"
+INDEX_FILE = "index.html"
+REFRESH_RUNNING_S = 10  # a running session's report reloads itself this often
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:72em;
+padding:0 1em;color:#1d1d1f;background:#fff}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .7em;border-bottom:1px solid #eee;
+text-align:left;vertical-align:top}th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:12.5px}code{font-size:12.5px}
+.status{display:inline-block;padding:.05em .55em;border-radius:.8em;font-weight:600;color:#fff;background:#888}
+.completed{background:#2e7d32}.failed{background:#c62828}.running{background:#1565c0}
+.stale{background:#ef6c00}.interrupted{background:#6d4c41}.done{background:#2e7d32}.pending{background:#9e9e9e}
+figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:12px;color:#555}.muted{color:#777}
+"""
+
+
+def _fmt(value: Any) -> str:
+    """A value as short text: floats to 4 significant digits, lists/dicts as JSON, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+class _Html(str):
+    """Text that is already HTML (built here from escaped parts): table cells insert it as is."""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, _Html):
+        return f"<td>{value}</td>"
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{escape(_fmt(value))}</td>' if numeric else f"<td>{escape(_fmt(value))}</td>"
+
+
+def _table(headers: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> str:
+    """An HTML table (no header row when `headers` is None); every cell is escaped unless it is `_Html`."""
+    head = "" if headers is None else "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead>"
+    body = ["<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows]
+    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _status(status: str) -> _Html:
+    return _Html(f'<span class="status {escape(status, quote=True)}">{escape(status)}</span>')
+
+
+def _href(relpath: str) -> str:
+    """A relative URL for a posix path inside the session folder (quoted, then attribute-escaped)."""
+    return escape(quote(relpath), quote=True)
+
+
+def _page(title: str, body: str, refresh_s: int | None = None) -> str:
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # blocks every network fetch: the page must stand alone (images from files or data URIs only)
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data: file:;"
+        " style-src 'unsafe-inline'\">"
+        f"{refresh}<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _figure(info: SessionInfo, relpath: str, embed: bool) -> str:
+    if embed:
+        data = base64.b64encode((info.path / relpath).read_bytes()).decode("ascii")
+        src = f"data:image/png;base64,{data}"
+    else:
+        src = _href(relpath)
+    name = escape(Path(relpath).stem)
+    return f'<figure><img src="{src}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+
+
+def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool | None = None) -> str:
+    """The HTML text of a session's report (see `write_session_report`)."""
+    if index_link is None:
+        index_link = (info.path.parent / INDEX_FILE).is_file()
+    protocol_toml = ""
+    toml_path = info.path / "protocol.toml"
+    if toml_path.is_file():
+        protocol_toml = toml_path.read_text(encoding="utf-8", errors="replace")
+    files = info.files
+    figures = [p for p, _n in files if p.startswith("figures/") and p.lower().endswith(".png")]
+    parts = [
+        f"<p class=\"muted\"><a href=\"../{INDEX_FILE}\">archive index</a></p>" if index_link else "",
+        f"<h1>{escape(info.protocol_name or info.id)}</h1>",
+        f"<p>{_status(info.status)} <code>{escape(info.id)}</code></p>",
+    ]
+    if info.description:
+        parts.append(f"<p>{escape(info.description)}</p>")
+    parts.append(_table(None, [
+        ("subject", info.subject), ("created", info.created), ("updated", info.updated),
+        ("heartbeat", info.heartbeat), ("wall time (s)", info.seconds), ("host", info.host), ("pid", info.pid),
+    ]))
+    if info.error:
+        e = info.error
+        parts.append("<h2>Error</h2>")
+        parts.append(f"<p>in step <code>{escape(_fmt(e.get('step')))}</code>: "
+                     f"<strong>{escape(_fmt(e.get('type')))}</strong>: {escape(_fmt(e.get('message')))}</p>")
+        if e.get("traceback"):
+            parts.append(f"<pre>{escape(_fmt(e.get('traceback')))}</pre>")
+    if info.headline:
+        parts.append("<h2>Key results</h2>")
+        parts.append(_table(["result", "value"], info.headline.items()))
+    parts.append("<h2>Steps</h2>")
+    parts.append(_table(
+        ["step", "status", "started", "finished", "seconds", "outputs"],
+        [(name, _status(str(s.get("status", ""))), parse_time(s.get("started")), parse_time(s.get("finished")),
+          s.get("seconds"), ", ".join(map(str, s.get("outputs") or []))) for name, s in info.steps.items()],
+    ))
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        parts.append("".join(_figure(info, p, embed) for p in figures))
+    parts.append("<h2>Protocol</h2>")
+    parts.append(f"<pre>{escape(protocol_toml)}</pre>" if protocol_toml else "<p class=\"muted\">no protocol.toml</p>")
+    parts.append("<h2>Resolved settings</h2>")
+    parts.append(_table(["setting", "value"], flatten(info.resolved).items()))
+    parts.append("<h2>Provenance</h2>")
+    parts.append(_table(["key", "value"], flatten(info.provenance).items()))
+    parts.append("<h2>Files</h2>")
+    parts.append(_table(["file", "size"], [(_Html(f'<a href="{_href(p)}">{escape(p)}</a>'), human_bytes(n))
+                                           for p, n in files]))
+    refresh = REFRESH_RUNNING_S if info.status == "running" else None
+    return _page(f"{info.protocol_name} - {info.id}", "\n".join(parts), refresh_s=refresh)
+
+
+def write_session_report(session_dir: str | os.PathLike, embed: bool = False,
+                         index_link: bool | None = None) -> Path:
+    """Write `<session_dir>/report.html` (protocol verbatim, resolved settings, provenance, status and steps,
+    error, key results, figures, files) and return its path. `embed=True` puts figures in the page as data
+    URIs (one file to mail around) instead of linking `figures/*.png` relatively. The page links back to
+    `../index.html` when `index_link` (default: when that file exists)."""
+    info = SessionInfo.read(session_dir)
+    path = info.path / REPORT_FILE
+    write_text(path, session_report_html(info, embed=embed, index_link=index_link))
+    return path
+
+
+def index_html(archive: Archive) -> str:
+    """The HTML text of an archive's index (see `write_index`)."""
+    infos = archive.infos()
+    keys = sorted({k for i in infos for k in i.headline})
+    rows = []
+    for i in infos:
+        name = escape(i.id)
+        if (i.path / REPORT_FILE).is_file():
+            name = f'<a href="{_href(i.path.name + "/" + REPORT_FILE)}">{name}</a>'
+        rows.append([_Html(f"{name} {_status(i.status)}"), i.protocol_name, i.subject, i.created, i.seconds,
+                     *(i.headline.get(k) for k in keys)])
+    body = [f"<h1>Sessions in {escape(str(archive.root))}</h1>",
+            f"<p class=\"muted\">{len(infos)} sessions, newest first; written "
+            f"{escape(_fmt(datetime.now(timezone.utc)))}</p>"]
+    body.append(_table(["session", "protocol", "subject", "created", "seconds", *keys], rows)
+                if infos else "<p>No sessions yet: run one with <code>rig run PROTOCOL</code>.</p>")
+    return _page(f"rig sessions - {archive.root}", "\n".join(body))
+
+
+def write_index(archive_root: str | os.PathLike) -> Path:
+    """Write `<archive_root>/index.html`: every session (newest first) with status, protocol, subject and
+    key results, linked to its `report.html` where one exists. Returns the path."""
+    archive = Archive(archive_root)
+    path = archive.root / INDEX_FILE
+    write_text(path, index_html(archive))
+    return path
+
+
+def write_reports(archive_root: str | os.PathLike, refs: Sequence[str] = (), embed: bool = False) -> list[Path]:
+    """Refresh `report.html` of the sessions `refs` (all sessions when empty), then the index; returns the
+    paths written, index last."""
+    archive = Archive(archive_root)
+    infos = [archive.find(r) for r in refs] if refs else archive.infos()
+    indexed = archive.root.is_dir()
+    written = [write_session_report(i.path, embed=embed, index_link=indexed and i.path.parent.resolve()
+                                    == archive.root.resolve()) for i in infos]
+    if indexed:
+        written.append(write_index(archive.root))
+    return written
