@@ -18,7 +18,14 @@ RENDERERS: dict[str, Callable[[xr.Dataset], np.ndarray]] = {}
 
 
 class StimulusError(ValueError):
-    """Stimulus parameters that cannot produce a valid stimulus set (the message says which and why)."""
+    """Stimulus parameters that cannot produce a valid stimulus set (the message says which and why).
+
+    `param` names the offending generator argument, when there is one.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def register_renderer(name: str) -> Callable:

@@ -53,12 +53,12 @@ def shapes(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] =
     """
     lo, hi = _diameter_range(diameter, canvas)
     if int(n) != n or n <= 0:
-        raise StimulusError(f"n must be a positive integer, got {n!r}")
+        raise StimulusError(f"n must be a positive integer, got {n!r}", "n")
     if layout not in LAYOUTS:
-        raise StimulusError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise StimulusError(f"layout must be one of {LAYOUTS}, got {layout!r}", "layout")
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes:
-        raise StimulusError(f"unknown shape(s) {unknown}; choose from {SHAPES}")
+        raise StimulusError(f"unknown shape(s) {unknown}; choose from {SHAPES}", "shapes")
     fg, bg = _rgb(color, "color"), _rgb(background, "background")
     n = int(n)
     rng = np.random.default_rng(seed)
@@ -145,13 +145,13 @@ def _sdf_triangle(u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 def _diameter_range(diameter: float | Sequence[float], canvas: int) -> tuple[float, float]:
     if int(canvas) != canvas or canvas <= 0:
-        raise StimulusError(f"canvas must be a positive number of pixels, got {canvas!r}")
+        raise StimulusError(f"canvas must be a positive number of pixels, got {canvas!r}", "canvas")
     lo, hi = (diameter, diameter) if np.isscalar(diameter) else tuple(diameter)
     if not 0 < lo <= hi:
-        raise StimulusError(f"diameter must be (lo, hi) with 0 < lo <= hi pixels, got {diameter!r}")
+        raise StimulusError(f"diameter must be (lo, hi) with 0 < lo <= hi pixels, got {diameter!r}", "diameter")
     if hi > canvas:
         raise StimulusError(f"diameter {hi:g} px is larger than the canvas ({canvas} px): "
-                            f"lower the diameter or enlarge the canvas")
+                            f"lower the diameter or enlarge the canvas", "diameter")
     return float(lo), float(hi)
 
 
@@ -160,4 +160,4 @@ def _rgb(color: str | Sequence[float], what: str) -> tuple[float, float, float]:
         return tuple(float(c) for c in to_rgb(color))  # type: ignore[return-value]
     except ValueError:
         raise StimulusError(f"{what} {color!r} is not a colour: use a name like 'black' or an RGB triple "
-                            f"in [0, 1]") from None
+                            f"in [0, 1]", what) from None

@@ -1,0 +1,184 @@
+"""The `rig` command line: run protocols as sessions, inspect subjects, browse the archive."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import USER_ERRORS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # a session step failed: it is recorded in the session, say where
+        from .session import SessionInterrupted
+
+        if isinstance(e, SessionInterrupted):
+            print(f"interrupted: {e} is marked interrupted; finish it with `rig resume {Path(str(e)).name}`",
+                  file=sys.stderr)
+            return 130
+        where = getattr(e, "session_path", None)
+        if where is None:
+            raise
+        print(f"error: {type(e).__name__}: {e}\n  session {where} failed; the traceback is in its session.json "
+              f"(`rig show {Path(where).name}`); `rig resume {Path(where).name}` retries the unfinished steps",
+              file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rig", description="A virtual electrophysiology rig for vision networks: "
+                                     "design stimuli, record units, analyse, perturb.")
+    parser.add_argument("--version", action="version", version=f"rig {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a protocol file as a new session")
+    p.add_argument("protocol", help="protocol file (.toml)")
+    p.add_argument("--archive", help="archive folder (default $RIG_ARCHIVE or ./sessions)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a protocol setting, e.g. --set stimuli.n=500 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved protocol and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("validate", help="check a protocol file and print what it resolves to")
+    p.add_argument("protocol")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("resume", help="finish an interrupted or failed session")
+    p.add_argument("session", help="session folder, id or unique id prefix")
+    p.add_argument("--force", action="store_true", help="resume even if the code or protocol changed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("rerun", help="run a session's resolved protocol again as a new session")
+    p.add_argument("session")
+    p.add_argument("--archive")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_rerun)
+
+    p = sub.add_parser("sites", help="list the recordable sites of a subject (protocol file or model name)")
+    p.add_argument("subject", help="protocol file, or SOURCE:ARCH (e.g. open_clip:ViT-B-32, timm:resnet18, "
+                   "torchvision:resnet18, phantom, factory:package.module:callable)")
+    p.add_argument("--match", help="only sites matching this glob")
+    p.set_defaults(handler=cmd_sites)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of protocol files (for editors)")
+    p.set_defaults(handler=cmd_schema)
+
+    try:
+        from . import archive_cli
+    except ImportError:  # pragma: no cover  (archive commands not installed)
+        archive_cli = None
+    if archive_cli is not None:
+        archive_cli.add_parsers(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import protocol as protocol_mod
+    from .session import run
+
+    proto = protocol_mod.load_protocol(args.protocol, args.overrides)
+    if args.dry_run:
+        print(json.dumps(proto.resolved(), indent=2))
+        return 0
+    session = run(args.protocol, archive=args.archive, overrides=args.overrides, progress=not args.quiet)
+    print(f"session {session.id}: {session.status}\n  {session.path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .protocol import load_protocol
+    from .session import step_keys
+
+    proto = load_protocol(args.protocol, args.overrides)
+    print(f"ok: {args.protocol}: protocol {proto.name!r}, steps: {', '.join(step_keys(proto))}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .session import resume
+
+    session = resume(args.session, progress=not args.quiet, force=args.force)
+    print(f"session {session.id}: {session.status}\n  {session.path}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .session import open_session, run
+
+    old = open_session(args.session)
+    archive = args.archive or old.path.parent
+    if (old.path / "protocol.toml").is_file():
+        overrides_file = old.path / "overrides.json"
+        overrides = json.loads(overrides_file.read_text()) if overrides_file.is_file() else None
+        session = run(old.path / "protocol.toml", archive=archive, overrides=overrides, progress=not args.quiet)
+    else:
+        session = run(old.protocol, archive=archive, progress=not args.quiet)
+    print(f"session {session.id}: {session.status} (rerun of {old.id})\n  {session.path}")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from .sites import catalogue, format_catalogue
+    from .subjects import load_subject
+
+    spec = _subject_spec(args.subject)
+    subject = load_subject(**spec)
+    infos = catalogue(subject)
+    if args.match:
+        from fnmatch import fnmatchcase
+
+        infos = [i for i in infos if fnmatchcase(i.name, args.match)]
+    print(format_catalogue(infos))
+    return 0
+
+
+def _subject_spec(text: str) -> dict:
+    if text.endswith(".toml") or Path(text).is_file():
+        from .protocol import load_protocol
+
+        return load_protocol(text).subject.kwargs()
+    source, _, rest = text.partition(":")
+    if source == "phantom":
+        return {"source": "phantom"}
+    if source == "factory":
+        return {"source": "factory", "factory": rest}
+    if source in ("open_clip", "timm", "torchvision"):
+        return {"source": source, "arch": rest}
+    return {"source": "open_clip", "arch": text}
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .protocol import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rig")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Sessions: one run of one protocol, as a folder in the archive that can stop anywhere and be resumed.
+
+    <archive>/<UTC time>-<protocol name>-<6 hex>/
+      protocol.toml  protocol.resolved.json  session.json  provenance.json  log.txt
+      stimuli.nc  recording.nc  behaviour.nc  analyses/<name>.nc  perturb/<name>.nc  figures/*.png  report.html
+
+Each step (design, record, analyse/<name>, perturb/<name>) writes its files atomically and is then
+marked done in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that are not done. A heartbeat in
+`session.json` lets readers tell a live session from one that was killed (SIGKILL leaves it "running" with a
+stale heartbeat); Ctrl-C and SIGTERM mark it "interrupted". An exclusive lock (`.lock`, flock) stops two
+processes from writing one session.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import xarray as xr
+
+from . import provenance
+from .errors import RigError
+from .io import write_json, write_text
+from .protocol import Protocol, load_protocol, parse_protocol, validate_protocol
+
+SESSION_SCHEMA = 1
+HEARTBEAT_S = 5.0
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def default_archive() -> Path:
+    """`$RIG_ARCHIVE`, else `./sessions`."""
+    return Path(os.environ.get("RIG_ARCHIVE", "sessions"))
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SessionInterrupted(BaseException):
+    """A session stopped by Ctrl-C or SIGTERM (it is marked interrupted); the message is the session folder."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading
+
+
+class Session:
+    """A session folder, opened lazily: nothing heavy is read until asked for."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "session.json").is_file():
+            raise RigError(f"{self.path} is not a session folder (no session.json)")
+
+    def __repr__(self) -> str:
+        return f"Session({self.path.name!r}, status={self.status!r})"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The contents of session.json (re-read at each access: it changes while a session runs)."""
+        return json.loads((self.path / "session.json").read_text())
+
+    @property
+    def status(self) -> str:
+        """running | completed | failed | interrupted, or "stale" for a running session whose heartbeat stopped."""
+        return effective_status(self.info)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def protocol(self) -> Protocol:
+        """The resolved protocol (every default filled in)."""
+        data = json.loads((self.path / "protocol.resolved.json").read_text())
+        return validate_protocol(data, source=str(self.path / "protocol.resolved.json"))
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        return json.loads((self.path / "provenance.json").read_text())
+
+    @cached_property
+    def stimuli(self):
+        from stimuli import StimulusSet
+
+        return StimulusSet.from_netcdf(self._file("stimuli.nc"))
+
+    @cached_property
+    def recording(self) -> xr.Dataset:
+        """The recording, lazily (values are read from disk when used)."""
+        from .recorder import open_recording
+
+        return open_recording(self._file("recording.nc"))
+
+    @cached_property
+    def behaviour(self) -> xr.Dataset:
+        return xr.open_dataset(self._file("behaviour.nc"))
+
+    @property
+    def results(self) -> dict[str, xr.Dataset]:
+        """Analysis and perturbation results by name (`analyses/<name>`, `perturb/<name>`), opened lazily."""
+        out: dict[str, xr.Dataset] = {}
+        for section in ("analyses", "perturb"):
+            for f in sorted((self.path / section).glob("*.nc")):
+                out[f"{section}/{f.stem}"] = xr.open_dataset(f)
+        return out
+
+    def _file(self, name: str) -> Path:
+        f = self.path / name
+        if not f.is_file():
+            raise RigError(f"{self.id} has no {name} (status {self.status}; steps done: "
+                           f"{', '.join(k for k, v in self.info.get('steps', {}).items() if v.get('status') == 'done')})")
+        return f
+
+
+def open_session(path: str | os.PathLike) -> Session:
+    """Open a session folder (a path, or an id / unique id prefix in the default archive)."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        candidates = sorted(default_archive().glob(f"{path}*"))
+        if len(candidates) == 1:
+            p = candidates[0]
+        elif candidates:
+            raise RigError(f"{path!r} matches {len(candidates)} sessions: "
+                           + ", ".join(c.name for c in candidates[:5]))
+    if not p.exists():
+        raise RigError(f"no session at {path} (list sessions with `rig ls`)")
+    return Session(p)
+
+
+def effective_status(info: dict[str, Any], now: float | None = None) -> str:
+    """The stored status, except "stale" for a running session whose heartbeat is older than 3 intervals or
+    whose process is gone (same host)."""
+    status = info.get("status", "unknown")
+    if status != "running":
+        return status
+    if info.get("host") == socket.gethostname() and info.get("pid") and not _pid_alive(int(info["pid"])):
+        return "stale"
+    try:
+        beat = dt.datetime.fromisoformat(info["heartbeat"].replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return "stale"
+    age = (now or time.time()) - beat
+    return "stale" if age > 3 * float(info.get("heartbeat_interval_s", HEARTBEAT_S)) else "running"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# running
+
+
+def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | None = None,
+        overrides: list[str] | None = None, progress: bool = True) -> Session:
+    """Run a protocol (a file path, or a validated `Protocol`) as a new session in `archive`."""
+    if isinstance(protocol, Protocol):
+        text, proto = None, protocol
+        if overrides:
+            raise RigError("overrides apply to protocol files; change the Protocol object instead")
+    else:
+        path = Path(protocol)
+        proto = load_protocol(path, overrides)
+        text = path.read_text(encoding="utf-8")
+    subject = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
+    archive = Path(archive) if archive is not None else default_archive()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}"
+    folder.mkdir(parents=True)
+    if text is not None:
+        write_text(folder / "protocol.toml", text)
+    write_json(folder / "protocol.resolved.json", proto.resolved())
+    if overrides:
+        write_json(folder / "overrides.json", list(overrides))
+    info = {"id": folder.name, "schema_version": SESSION_SCHEMA, "status": "running",
+            "protocol_name": proto.name, "created": now_iso(), "updated": now_iso(), "heartbeat": now_iso(),
+            "heartbeat_interval_s": HEARTBEAT_S, "pid": os.getpid(), "host": socket.gethostname(),
+            "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {}}
+    write_json(folder / "session.json", info)
+    write_json(folder / "provenance.json", provenance.collect(proto))
+    return Runner(folder, proto, progress=progress, subject=subject).run()
+
+
+def preflight(proto: Protocol, source: str) -> Any:
+    """Build the subject and resolve its sites and readout before any file is written, so a wrong model name,
+    missing weights or a site glob that matches nothing is reported as `file:line: key: message` and leaves no
+    half-made session behind. Returns the subject (reused by the session)."""
+    from .behaviour import make_readout
+    from .errors import ProtocolError, SiteError, SubjectError
+    from .protocol import where
+    from .sites import select_sites
+    from .subjects import load_subject
+
+    s = proto.subject
+    try:
+        subject = load_subject(**s.kwargs())
+    except SubjectError as e:
+        key = "weights" if s.weights != "random" and "weights" in str(e).lower() else \
+            ("factory" if s.source == "factory" else "arch")
+        raise ProtocolError(f"{where(source, ('subject', key))}: subject.{key}: {e}") from None
+    try:
+        select_sites(subject, proto.record.sites)
+    except SiteError as e:
+        raise ProtocolError(f"{where(source, ('record', 'sites'))}: record.sites: {e}") from None
+    if proto.behaviour is not None:
+        try:
+            make_readout(subject, proto.behaviour.model_dump())
+        except RigError as e:
+            raise ProtocolError(f"{where(source, ('behaviour',))}: behaviour: {e}") from None
+    return subject
+
+
+def resume(path: str | os.PathLike, progress: bool = True, force: bool = False) -> Session:
+    """Finish an incomplete session, redoing only the steps that are not done.
+
+    Refuses (with the reason) when the protocol file was edited since, or when the code that made the finished
+    steps differs from the code running now (results would mix), unless `force`.
+    """
+    session = open_session(path)
+    info = session.info
+    status = effective_status(info)
+    if status == "completed":
+        raise RigError(f"{session.id} is already completed; `rig rerun {session.id}` starts a new session")
+    if status == "running":
+        raise RigError(f"{session.id} is running (pid {info.get('pid')} on {info.get('host')}, heartbeat "
+                       f"{info.get('heartbeat')}); stop it first, or wait for it")
+    proto = session.protocol
+    if (session.path / "protocol.toml").is_file():
+        overrides = json.loads((session.path / "overrides.json").read_text()) \
+            if (session.path / "overrides.json").is_file() else None
+        current = parse_protocol((session.path / "protocol.toml").read_text(), str(session.path / "protocol.toml"),
+                                 overrides)
+        if current.hash() != proto.hash() and not force:
+            raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
+                           "settings (use `rig rerun` for a new session, or --force)")
+    reasons = provenance.incompatibilities(session.provenance, provenance.collect(proto))
+    done = [k for k, v in info["steps"].items() if v.get("status") == "done"]
+    if reasons and done and not force:
+        raise RigError(f"{session.id}: cannot resume: {'; '.join(reasons)}; the finished steps "
+                       f"({', '.join(done)}) were made by other code (use --force to mix, or `rig rerun`)")
+    return Runner(session.path, proto, progress=progress).run()
+
+
+def step_keys(protocol: Protocol) -> list[str]:
+    keys = ["design", "record"]
+    keys += [f"analyse/{s.key}" for s in protocol.analyse]
+    keys += [f"perturb/{s.key}" for s in protocol.perturb]
+    return keys
+
+
+class Runner:
+    """Drives the steps of one session folder, keeping session.json, the heartbeat and the lock."""
+
+    def __init__(self, folder: Path, protocol: Protocol, progress: bool = True, subject: Any = None):
+        self.folder, self.protocol, self.progress, self.subject = folder, protocol, progress, subject
+        self._state_lock = threading.Lock()
+        self.info = json.loads((folder / "session.json").read_text())
+        for key in step_keys(protocol):
+            self.info["steps"].setdefault(key, {"status": "pending"})
+
+    def run(self) -> Session:
+        from .steps import StepContext, run_step
+
+        with self._exclusive(), self._logging() as log, self._heartbeat(), _sigterm_raises():
+            self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None)
+            ctx = StepContext(self.folder, self.protocol, log=log, progress=self.progress,
+                              headline=self.info.setdefault("headline", {}))
+            if self.subject is not None:
+                ctx.__dict__["subject"] = self.subject  # built by the preflight check
+            current = None
+            try:
+                for key in step_keys(self.protocol):
+                    if self.info["steps"][key].get("status") == "done":
+                        log.info("step %s already done", key)
+                        continue
+                    current = key
+                    self._step(key, status="running", started=now_iso())
+                    log.info("step %s started", key)
+                    t0 = time.perf_counter()
+                    outputs = run_step(ctx, key)
+                    seconds = round(time.perf_counter() - t0, 3)
+                    self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=outputs)
+                    log.info("step %s done in %.1f s", key, seconds)
+                self._update(status="completed")
+                self._report(log)
+            except (KeyboardInterrupt, SessionInterrupted):
+                log.warning("session interrupted during %s", current)
+                if current:
+                    self._step(current, status="interrupted")
+                self._update(status="interrupted")
+                self._report(log)
+                raise SessionInterrupted(str(self.folder)) from None
+            except BaseException as e:
+                log.error("step %s failed: %s", current, e)
+                if current:
+                    self._step(current, status="failed")
+                self._update(status="failed", error={"type": type(e).__name__, "message": str(e),
+                                                     "step": current, "traceback": traceback.format_exc()})
+                self._report(log)
+                e.session_path = self.folder  # type: ignore[attr-defined]  (the CLI names the session)
+                raise
+        return Session(self.folder)
+
+    def _report(self, log: logging.Logger) -> None:
+        """Write report.html; a report that cannot be written is logged, never fatal to the session."""
+        try:
+            from .report import write_session_report
+
+            write_session_report(self.folder)
+        except Exception as e:  # noqa: BLE001
+            log.warning("report.html not written: %s", e)
+
+    # session.json ------------------------------------------------------------------------------------------
+    def _update(self, **fields: Any) -> None:
+        with self._state_lock:
+            self.info.update(fields)
+            self.info["updated"] = self.info["heartbeat"] = now_iso()
+            write_json(self.folder / "session.json", self.info)
+
+    def _step(self, key: str, **fields: Any) -> None:
+        with self._state_lock:
+            self.info["steps"][key].update(fields)
+        self._update()
+
+    @contextlib.contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(OSError):
+                    self._update()
+
+        thread = threading.Thread(target=beat, name="rig-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RigError(f"{self.folder.name} is being written by another process "
+                               f"(pid {self.info.get('pid')}); wait for it or stop it") from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _logging(self) -> Iterator[logging.Logger]:
+        log = logging.getLogger(f"rig.session.{self.folder.name}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        handler = logging.FileHandler(self.folder / "log.txt", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        try:
+            yield log
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception in the main thread, so the session is marked interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SessionInterrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
