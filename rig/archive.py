@@ -242,11 +242,11 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def _is_stale(heartbeat: datetime | None, interval: float, pid: int | None, host: Any, now: float) -> bool:
-    if heartbeat is not None and now - heartbeat.timestamp() > STALE_AFTER_BEATS * interval:
+    """A running session is stale when its heartbeat is missing or older than 3 intervals, or when its
+    process is gone on this host (same rule as `rig.session.effective_status`)."""
+    if heartbeat is None or now - heartbeat.timestamp() > STALE_AFTER_BEATS * interval:
         return True
-    if pid is not None and host == socket.gethostname() and not pid_alive(pid):
-        return True
-    return False
+    return pid is not None and host == socket.gethostname() and not pid_alive(pid)
 
 
 def _as_number(v: Any) -> float | None:

@@ -1,7 +1,7 @@
 """CLI commands to browse the archive: `rig ls`, `rig show`, `rig diff`, `rig rm`, `rig report`.
 
 `add_parsers(subparsers)` registers them on the `rig` argparse parser; each handler is stored as the
-sub-parser's `func` default, prints, and returns an exit code. `RigError`s propagate to `rig.cli`, which prints
+sub-parser's `handler` default, prints, and returns an exit code. `RigError`s propagate to `rig.cli`, which prints
 `error: <message>` and exits 2. Heavy modules are imported inside the handlers so `rig --help` stays fast.
 """
 from __future__ import annotations
@@ -32,14 +32,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only sessions whose resolved setting KEY equals VALUE, e.g. stimuli.n=300 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
-    p.set_defaults(func=cmd_ls)
+    p.set_defaults(handler=cmd_ls)
 
     p = subparsers.add_parser("show", help="show one session",
                               description="What a session ran, its status, steps, key results, files and error.")
     _archive_arg(p)
     p.add_argument("session", help="session id, unique part of an id, folder path, or 'latest'")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(handler=cmd_show)
 
     p = subparsers.add_parser("diff", help="compare two sessions",
                               description="Settings, provenance and key results that differ between two sessions.")
@@ -47,21 +47,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("a", help="first session")
     p.add_argument("b", help="second session")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_diff)
+    p.set_defaults(handler=cmd_diff)
 
     p = subparsers.add_parser("rm", help="delete sessions", description="Delete session folders for good.")
     _archive_arg(p)
     p.add_argument("sessions", nargs="+", metavar="SESSION", help="sessions to delete")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true", help="also delete sessions that are running now")
-    p.set_defaults(func=cmd_rm)
+    p.set_defaults(handler=cmd_rm)
 
     p = subparsers.add_parser("report", help="write HTML reports",
                               description="Write or refresh report.html of sessions and the archive's index.html.")
     _archive_arg(p)
     p.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to report (default: all)")
     p.add_argument("--embed", action="store_true", help="embed figures in the page instead of linking them")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(handler=cmd_report)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -65,6 +65,10 @@ def test_running_session_is_live_or_stale(tmp_path: Path) -> None:
     # a pid on another host cannot be checked: the heartbeat decides
     other = make_session(tmp_path, hexid="333333", status="running", heartbeat=now, pid=proc.pid, host="far")
     assert SessionInfo.read(other).status == "running"
+    # a running session without a readable heartbeat is stale
+    info = json.loads((other / "session.json").read_text())
+    (other / "session.json").write_text(json.dumps({**info, "heartbeat": "garbage"}))
+    assert SessionInfo.read(other).status == "stale"
 
 
 def test_filters(archive: Archive) -> None:
@@ -196,7 +200,7 @@ def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rig")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 def test_cli_ls(archive: Archive, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,10 +145,10 @@ def test_write_reports_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     parser = argparse.ArgumentParser(prog="rig")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", "--archive", str(tmp_path)])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     assert capsys.readouterr().out.split() == [str(b / "report.html"), str(a / "report.html"),
                                                str(tmp_path / "index.html")]
     # rm refreshes the index: no dead link is left
     args = parser.parse_args(["rm", "--archive", str(tmp_path), "aaaaaa", "--yes"])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     assert [unquote(h) for h in parse(tmp_path / "index.html").hrefs] == [f"{b.name}/report.html"]
