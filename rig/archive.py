@@ -107,10 +107,30 @@ def _read_json(path: Path) -> Any:
         raise RigError(f"cannot read {path}: {e}; the file is damaged, remove the session with `rig rm`") from e
 
 
-def _folder_files(folder: Path) -> list[tuple[str, int]]:
-    """Every file under `folder` as (posix path relative to it, size in bytes), sorted by path."""
+_PHASES = ("design", "record", "behaviour", "analyse", "perturb", "report")
+
+
+def order_steps(steps: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """Steps in pipeline order (design, record, analyse/<name> in protocol order, perturb/<name>, ...);
+    session.json stores them with sorted keys."""
+    def key(name: str) -> tuple[int, int, str]:
+        phase, _, sub = name.partition("/")
+        rank = _PHASES.index(phase) if phase in _PHASES else len(_PHASES)
+        entries = resolved.get(phase) if isinstance(resolved.get(phase), list) else []
+        labels = [str(e.get("name") or e.get("type")) for e in entries if isinstance(e, Mapping)]
+        return rank, labels.index(sub) if sub in labels else len(labels), name
+
+    return {name: steps[name] for name in sorted(steps, key=key)}
+
+
+def _folder_files(folder: Path, hidden: bool = False) -> list[tuple[str, int]]:
+    """Every file under `folder` as (posix path relative to it, size in bytes), sorted by path; names
+    starting with a dot (the session's `.lock`) only when `hidden`."""
     files = []
-    for dirpath, _dirs, names in os.walk(folder):
+    for dirpath, dirs, names in os.walk(folder):
+        if not hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            names = [n for n in names if not n.startswith(".")]
         for name in names:
             p = Path(dirpath, name)
             try:
@@ -176,7 +196,7 @@ class SessionInfo:
             heartbeat_interval_s=interval,
             pid=pid,
             host=host,
-            steps=dict(session.get("steps") or {}),
+            steps=order_steps(session.get("steps") or {}, resolved),
             error=session.get("error") or None,
             headline=dict(session.get("headline") or {}),
             resolved=resolved,
@@ -206,8 +226,13 @@ class SessionInfo:
 
     @property
     def files(self) -> list[tuple[str, int]]:
-        """Every file in the folder as (relative posix path, bytes), sorted by path (read on each access)."""
+        """The files of the session as (relative posix path, bytes), sorted by path, hidden ones left out
+        (read on each access)."""
         return _folder_files(self.path)
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file in the folder, hidden ones included."""
+        return sum(n for _p, n in _folder_files(self.path, hidden=True))
 
     @property
     def live(self) -> bool:
@@ -441,7 +466,7 @@ class Archive:
             raise SessionBusyError(
                 f"session {info.id} is running (pid {info.pid} on {info.host}, heartbeat {_iso(info.heartbeat)});"
                 " stop it first or pass --force")
-        freed = sum(n for _p, n in info.files)
+        freed = info.disk_bytes()
         shutil.rmtree(info.path)
         return freed
 

@@ -195,7 +195,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     busy = [i.id for i in infos if i.live]
     if busy and not args.force:  # refuse before deleting anything
         raise SessionBusyError(f"running now: {', '.join(busy)}; stop them first or pass --force")
-    total = sum(n for i in infos for _p, n in i.files)
+    total = sum(i.disk_bytes() for i in infos)
     if not args.yes:
         if not sys.stdin.isatty():
             raise RigError(f"refusing to delete {len(infos)} session(s) without confirmation; pass --yes")

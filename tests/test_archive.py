@@ -147,6 +147,8 @@ def test_diff_reports_only_differences(archive: Archive) -> None:
 
 def test_remove_frees_the_folder(archive: Archive) -> None:
     folder = archive.find("aaaaaa").path
+    (folder / ".lock").write_bytes(b"x" * 100)  # hidden files are not listed, but they are freed
+    assert ".lock" not in dict(archive.find("aaaaaa").files)
     size = du(folder)
     assert size > 1234
     assert archive.remove("aaaaaa") == size
@@ -177,6 +179,16 @@ def test_session_info_files_and_json(archive: Archive) -> None:
     json.dumps(d, allow_nan=False)
     assert d["created"] == "2024-11-25T19:00:12Z" and d["status"] == "completed"
     assert {f["path"] for f in d["files"]} == set(files)
+
+
+def test_steps_in_pipeline_order(tmp_path: Path) -> None:
+    folder = make_session(tmp_path, resolved={"perturb": [{"name": None, "type": "unit_lesions"}]})
+    info = json.loads((folder / "session.json").read_text())
+    names = ["analyse/spatial_scores", "perturb/unit_lesions", "record", "analyse/ratemaps", "design", "extra"]
+    info["steps"] = {n: {"status": "pending"} for n in names}
+    (folder / "session.json").write_text(json.dumps(info, sort_keys=True))
+    assert list(SessionInfo.read(folder).steps) == ["design", "record", "analyse/ratemaps",
+                                                    "analyse/spatial_scores", "perturb/unit_lesions", "extra"]
 
 
 def test_human_bytes() -> None:
