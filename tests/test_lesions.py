@@ -1,0 +1,353 @@
+"""Lesions: exact restoration, cached suffix == full forward, per-stimulus masks, resumable sweeps, planted truth."""
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from torch import nn
+
+import stimuli
+from rig.errors import RigError
+from rig.lesions import (PrefixRunner, lesioned, parameter_checksum, proportion_grid, ratemap_at, silenced,
+                         unit_lesions, unit_ranks, weight_lesions, weighted_modules)
+from rig.lesions.units import ranks_from_scores
+
+
+# -- tiny subjects (the same duck type as rig.subjects.Subject / rig.behaviour.Readout) ----------------------
+class TinySubject:
+    def __init__(self, model: nn.Module, preprocess=None):
+        self.model, self.device, self.name = model.eval(), torch.device("cpu"), "tiny"
+        self._pre = preprocess or (lambda x: x)
+
+    def preprocess(self, x):
+        return self._pre(x)
+
+    def encode_image(self, x):
+        return self.model.encode_image(x) if hasattr(self.model, "encode_image") else self.model(x)
+
+    def forward(self, images):
+        with torch.no_grad():
+            return self.encode_image(self.preprocess(images))
+
+
+class ZeroShot:
+    """Softmax over prompts of logit_scale * cos(image, text); text embedded once at construction."""
+
+    def __init__(self, model, prompts, target=0):
+        self.labels, self.target = list(prompts), target
+        with torch.no_grad():
+            self.text = F.normalize(model.encode_text(open_clip.tokenize(prompts)), dim=-1)
+        self.scale = 10.0
+
+    def __call__(self, out):
+        return (self.scale * F.normalize(out, dim=-1) @ self.text.T).softmax(-1)
+
+
+class Softmax:
+    def __init__(self, target=0, labels=("a stimulus", "an empty image")):
+        self.target, self.labels = target, list(labels)
+
+    def __call__(self, out):
+        return out.softmax(-1)
+
+
+PROMPTS = ["a black circle", "an empty image", "a square"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)  # noqa: open_clip initialises with the global generator; fixed here for the test only
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=4, width=64, head_width=32, patch_size=16, image_size=64),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # open_clip starts biases at 0; make them non-zero so bias lesions are visible
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1, generator=g)
+    mean = torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1)
+    subject = TinySubject(model, lambda x: (x - mean) / 0.27)
+    return subject, ZeroShot(model, PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def circles():
+    return stimuli.circles(n=10, canvas=64, diameter=(10, 24), seed=3)
+
+
+SITE = "visual.transformer.resblocks.2.attn"
+
+
+# -- restoration -------------------------------------------------------------------------------------------------
+def test_lesioned_zeroes_weights_and_restores_exactly_after_exception(clip):
+    subject, _ = clip
+    conv = subject.model.visual.conv1
+    ln = subject.model.visual.transformer.resblocks[1].ln_1
+    before = parameter_checksum(subject.model)
+    with pytest.raises(KeyError):
+        with lesioned([conv, ln], include_bias=False):
+            assert conv.weight.abs().sum() == 0 and ln.weight.abs().sum() == 0
+            assert ln.bias.abs().sum() > 0  # biases kept unless include_bias
+            raise KeyError("interrupted")
+    assert parameter_checksum(subject.model) == before
+    with lesioned(ln, include_bias=True):
+        assert ln.bias.abs().sum() == 0
+        assert parameter_checksum(subject.model) != before
+    assert parameter_checksum(subject.model) == before
+
+
+def test_weighted_modules_of_clip_vit_b32_in_named_modules_order():
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    vis, txt = weighted_modules(model, "visual"), weighted_modules(model, "text")
+    assert len(vis) == 75 and len(txt) == 74
+    assert vis[:3] == ["visual.conv1", "visual.ln_pre", "visual.transformer.resblocks.0.ln_1"]
+    assert vis[-1] == "visual.ln_post" and "visual.transformer.resblocks.9.mlp.c_proj" in vis
+    order = [n for n, _ in model.named_modules()]
+    assert sorted(vis + txt, key=order.index) == weighted_modules(model)
+    with pytest.raises(RigError):
+        weighted_modules(model, "audio")
+
+
+@pytest.mark.slow
+def test_weight_lesions_match_naive_and_restore(clip, circles):
+    subject, readout = clip
+    model = subject.model
+    before = parameter_checksum(model)
+    names = ["visual.conv1", "visual.transformer.resblocks.1.attn", "visual.transformer.resblocks.1.mlp.c_fc",
+             "visual.transformer.resblocks.3.ln_2", "visual.ln_post", "transformer.resblocks.0.mlp.c_fc",
+             "ln_final"]
+    ds = weight_lesions(subject, circles, readout, names, include_bias=True, batch_size=4,
+                        rebuild_readout=lambda: ZeroShot(model, PROMPTS))
+    assert parameter_checksum(model) == before
+    images = torch.from_numpy(circles.render(np.arange(len(circles))))
+    for name in names:
+        with lesioned(model.get_submodule(name), include_bias=True):
+            naive = ZeroShot(model, PROMPTS)(subject.forward(images)).numpy()
+        np.testing.assert_allclose(ds["probability"].sel(module=name).values, naive, rtol=1e-4, atol=1e-6)
+    base = readout(subject.forward(images)).numpy()
+    np.testing.assert_allclose(ds["baseline_probability"].values, base, rtol=1e-5, atol=1e-7)
+    assert list(ds["tower"].values) == ["visual"] * 5 + ["text"] * 2
+    assert ds["mean"].dims == ("module",)
+    # lesions change behaviour (a test that cannot pass with a no-op lesion)
+    assert np.abs(ds["probability"].sel(module="visual.conv1").values - base).max() > 1e-3
+
+
+def test_weight_lesions_restore_after_exception_mid_condition(clip, circles):
+    subject, readout = clip
+    before = parameter_checksum(subject.model)
+    calls = {"n": 0}
+
+    def flaky(out):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return readout(out)
+
+    flaky.target, flaky.labels = 0, PROMPTS
+    with pytest.raises(RuntimeError):
+        weight_lesions(subject, circles, flaky, ["visual.transformer.resblocks.2.mlp.c_fc", "visual.conv1"],
+                       include_bias=True, batch_size=4)
+    assert parameter_checksum(subject.model) == before
+
+
+def test_text_lesion_without_rebuild_readout_is_a_user_error(clip, circles):
+    subject, readout = clip
+    with pytest.raises(RigError, match="rebuild_readout"):
+        weight_lesions(subject, circles, readout, ["ln_final"])
+
+
+# -- cached prefix -----------------------------------------------------------------------------------------------
+def test_cached_suffix_equals_full_forward_with_per_stimulus_masks(clip, circles):
+    subject, readout = clip
+    rng = np.random.default_rng(0)
+    masks = rng.random((len(circles), 64)) < 0.4  # a different unit set for every stimulus
+    results = {}
+    for mode, kwargs in {"full": dict(use_cache=False), "memory": {}, "disk": dict(max_cache_bytes=0)}.items():
+        with PrefixRunner(subject, circles, batch_size=3, **kwargs) as runner, \
+                silenced(subject.model.get_submodule(SITE)) as s:
+            runner.prepare(SITE)
+            assert (runner.split is None) == (mode == "full")
+            results[mode] = runner.run(lambda out: out, on_batch=lambda idx: setattr(s, "mask", masks[idx]))
+    assert runner.split is not None and runner.split.block == "visual.transformer.resblocks.2"
+    np.testing.assert_allclose(results["memory"], results["full"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results["disk"], results["full"], rtol=1e-5, atol=1e-6)
+    # and the masks mattered
+    with PrefixRunner(subject, circles, batch_size=3, use_cache=False) as runner:
+        clean = runner.run(lambda out: out)
+    assert np.abs(clean - results["full"]).max() > 1e-4
+
+
+class Reversed(nn.Module):
+    """Blocks in a ModuleList that are NOT run in order: the cache must not be used."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.blocks = nn.ModuleList(nn.Linear(6, 6) for _ in range(3))
+        for b in self.blocks:
+            nn.init.normal_(b.weight, generator=g)
+
+    def forward(self, x):
+        x = x.flatten(1)[:, :6]
+        for b in reversed(self.blocks):
+            x = torch.tanh(b(x))
+        return x
+
+
+def test_prefix_falls_back_to_full_forward_when_blocks_do_not_run_in_order():
+    images = np.random.default_rng(1).random((5, 3, 4, 4)).astype(np.float32)
+    subject = TinySubject(Reversed())
+    with PrefixRunner(subject, images, batch_size=2) as runner:
+        runner.prepare("blocks.1")
+        assert runner.split is None and "order" in runner.fallback
+        out = runner.run(lambda o: o)
+    np.testing.assert_allclose(out, subject.forward(torch.from_numpy(images)).numpy(), rtol=1e-6)
+
+
+class Chain(nn.Module):
+    def __init__(self, width=8, n=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.blocks = nn.Sequential(*[nn.Linear(width, width) for _ in range(n)])
+        for b in self.blocks:
+            nn.init.normal_(b.weight, generator=g)
+        self.width = width
+
+    def forward(self, x):
+        return self.blocks(x.flatten(1)[:, : self.width])
+
+
+def test_per_stimulus_masks_silence_the_right_units_of_the_right_stimuli():
+    """A unit silenced at blocks.1 must read 0 there for exactly the stimuli whose mask names it."""
+    images = np.random.default_rng(2).random((7, 3, 4, 4)).astype(np.float32)
+    subject = TinySubject(Chain())
+    masks = np.zeros((7, 8), bool)
+    masks[np.arange(7), np.arange(7)] = True  # stimulus i: unit i
+    seen = []
+    handle = subject.model.blocks[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    try:
+        with PrefixRunner(subject, images, batch_size=3) as runner, silenced(subject.model.blocks[1]) as s:
+            runner.prepare("blocks.1")
+            assert runner.split is not None and runner.split.index == 1
+            seen.clear()
+            out = runner.run(lambda o: o, on_batch=lambda idx: setattr(s, "mask", masks[idx]))
+    finally:
+        handle.remove()
+    x = torch.cat(seen).numpy()  # inputs of blocks.2 = silenced outputs of blocks.1, stimulus order
+    assert x.shape == (7, 8)
+    np.testing.assert_array_equal(x == 0, masks)
+    # one stimulus at a time with its own mask, full forward
+    for i in range(7):
+        with silenced(subject.model.blocks[1], masks[i:i + 1]):
+            np.testing.assert_allclose(out[i], subject.forward(torch.from_numpy(images[i:i + 1]))[0].numpy(),
+                                       rtol=1e-5, atol=1e-6)
+
+
+# -- strategies --------------------------------------------------------------------------------------------------
+def test_unit_ranks_strategies():
+    scores = np.array([[0.1, -5.0, 3.0, np.nan], [2.0, 1.0, -0.5, 0.0]])
+    np.testing.assert_array_equal(ranks_from_scores(scores), [[1, 2, 0, 3], [0, 1, 3, 2]])
+    rm = xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), np.arange(3 * 2 * 2, dtype=float).reshape(3, 2, 2)
+                                 * np.array([1, -2, 1])[:, None, None])},
+                    coords={"y_bin": [10.0, 30.0], "x_bin": [10.0, 30.0]})
+    vals = ratemap_at(rm, np.array([12.0, 29.0]), np.array([28.0, 5.0]))  # bins (y1,x0), (y0,x1)
+    np.testing.assert_array_equal(vals, [[2, -12, 10], [1, -10, 9]])
+    t = unit_ranks("targeted", 3, 2, ratemaps=rm, x=np.array([12.0, 29.0]), y=np.array([28.0, 5.0]))
+    a = unit_ranks("targeted_abs", 3, 2, ratemaps=rm, x=np.array([12.0, 29.0]), y=np.array([28.0, 5.0]))
+    np.testing.assert_array_equal(t, [[1, 2, 0], [1, 2, 0]])
+    np.testing.assert_array_equal(a, [[2, 0, 1], [2, 0, 1]])
+    r1, r2 = unit_ranks("random", 50, 4, seed=1), unit_ranks("random", 50, 4, seed=1, repeat=1)
+    assert r1.shape == (1, 50) and sorted(r1[0]) == list(range(50))
+    np.testing.assert_array_equal(r1, unit_ranks("random", 50, 4, seed=1))
+    assert (r1 != r2).any()
+    u = unit_ranks("units", 5, 2, units=[3, 1])
+    np.testing.assert_array_equal(u < 2, [[False, True, False, True, False]])
+    with pytest.raises(RigError):
+        unit_ranks("targeted", 3, 2)
+    with pytest.raises(RigError):
+        unit_ranks("units", 5, 2, units=[7])
+    np.testing.assert_allclose(proportion_grid(0, 1, 0.025)[[0, 1, -1]], [0, 0.025, 1.0])
+    assert len(proportion_grid(0, 1, 0.025)) == 41
+
+
+# -- unit-lesion sweep -------------------------------------------------------------------------------------------
+def _chain_ratemaps(n_units=8):
+    values = np.random.default_rng(5).normal(size=(n_units, 2, 2))
+    return xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), values)},
+                      coords={"y_bin": [16.0, 48.0], "x_bin": [16.0, 48.0]})
+
+
+def test_unit_lesion_sweep_resumes_after_a_kill_and_equals_an_uninterrupted_run(tmp_path, circles, clip):
+    subject, readout = clip
+    rm = xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), np.random.default_rng(5).normal(size=(64, 4, 4)))},
+                    coords={"y_bin": np.arange(4) * 16 + 8.0, "x_bin": np.arange(4) * 16 + 8.0})
+    kw = dict(site=SITE, strategy=["random", "targeted", "targeted_abs"], proportions=[0.0, 0.25, 0.5, 1.0],
+              ratemaps=rm, repeats=2, seed=4, batch_size=4)
+    full = unit_lesions(subject, circles, readout, **kw)
+    calls = {"n": 0}
+
+    def killed(out):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return readout(out)
+
+    killed.target, killed.labels = 0, PROMPTS
+    before = parameter_checksum(subject.model)
+    with pytest.raises(KeyboardInterrupt):
+        unit_lesions(subject, circles, killed, folder=tmp_path / "sweep", **kw)
+    assert parameter_checksum(subject.model) == before
+    assert not subject.model.get_submodule(SITE)._forward_hooks  # the silencing hook is gone
+    done = len(list((tmp_path / "sweep" / "conditions").glob("*.npy")))
+    assert 0 < done
+    calls["n"] = -10**6
+    resumed = unit_lesions(subject, circles, killed, folder=tmp_path / "sweep", **kw)
+    xr.testing.assert_allclose(resumed, full)
+    on_disk = xr.open_dataset(tmp_path / "sweep" / "unit_lesions.nc").load()
+    np.testing.assert_allclose(on_disk["mean"].values, full["mean"].values)
+    assert full.attrs["prefix_cache"] == "visual.transformer.resblocks.2"
+    tp = full["target_probability"]
+    assert np.isnan(tp.sel(strategy="targeted", repeat=1)).all() and not np.isnan(tp.sel(strategy="random")).any()
+    # p = 0 is the baseline for every strategy; at p = 1 all strategies silence every unit
+    np.testing.assert_allclose(tp.sel(proportion=0.0, repeat=0), np.repeat(full["baseline"].values[None], 3, 0))
+    np.testing.assert_allclose(tp.sel(proportion=1.0, repeat=0).values[0], tp.sel(proportion=1.0, repeat=0).values[1])
+    assert (full["ci_low"] <= full["mean"]).all() and (full["mean"] <= full["ci_high"]).all()
+    with pytest.raises(RigError, match="different lesion sweep"):
+        unit_lesions(subject, circles, readout, folder=tmp_path / "sweep", **{**kw, "seed": 5})
+
+
+# -- planted truth -----------------------------------------------------------------------------------------------
+def test_phantom_lesioning_the_units_covering_a_region_abolishes_behaviour_only_there():
+    build = pytest.importorskip("rig.phantom").build
+
+    phantom = build(seed=0, canvas=96, n_place=36, n_grid=4, n_border=4, n_untuned=0)
+    subject = TinySubject(phantom)
+    stim = stimuli.circles(n=60, canvas=96, diameter=(10, 14), seed=1)
+    x, y = stim.params["x"].values, stim.params["y"].values
+    inside = (x < 30) & (y < 30)  # the region: the top-left corner
+    assert 4 <= inside.sum() <= 30
+    covering = np.flatnonzero(phantom.covering(x[inside], y[inside]))
+    ds = unit_lesions(subject, stim, Softmax(), "units", strategy=["units", "random"], units=covering,
+                      proportions=[0.0, len(covering) / phantom.n_units], repeats=8, seed=0, batch_size=16)
+    assert ds.attrs["prefix_cache"].startswith("off")  # the phantom is no block sequence: exact full forward
+    base = ds["baseline"].values
+    assert base.min() > 0.9  # every stimulus detected
+    targeted = ds["target_probability"].sel(strategy="units", repeat=0).isel(proportion=1).values
+    assert targeted[inside].max() < 0.05  # abolished there ...
+    far = _far_from(phantom, covering, x, y)
+    assert far.sum() >= 10
+    np.testing.assert_allclose(targeted[far], base[far], atol=1e-6)  # ... and nowhere else
+    rand = ds["target_probability"].sel(strategy="random").isel(proportion=1).values  # (repeat, stimulus)
+    assert rand[:, inside].mean() > targeted[inside].mean() + 0.3  # random lesions of the same number: less
+
+
+def _far_from(phantom, units, x, y):
+    """Stimuli outside every readout field of `units` (their behaviour must not change)."""
+    c = phantom.place.centres.numpy()[units]
+    d = np.hypot(x[:, None] - c[None, :, 0], y[:, None] - c[None, :, 1])
+    return (d > phantom.field_radius + 1).all(1)
