@@ -157,6 +157,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if info.error:
         e = info.error
         out += ["", f"error in step {e.get('step')}: {e.get('type')}: {e.get('message')}"]
+    if info.status in ("failed", "interrupted", "stale"):
+        out.append(f"finish it with `rig resume {info.id}` (the traceback: `rig show {info.id} --json`)")
     out += ["", "steps:", format_table(
         ["step", "status", "started", "finished", "seconds"],
         [[name, s.get("status"), s.get("started"), s.get("finished"), s.get("seconds")]

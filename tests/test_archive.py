@@ -236,6 +236,7 @@ def test_cli_show(archive: Archive, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["show", "--archive", str(archive.root), "cccccc"]) == 0
     out = capsys.readouterr().out
     assert "status    failed" in out and "error in step record: SiteError: no site 'x'" in out
+    assert "rig resume 20241125T210012Z-shapes-cccccc" in out
     assert "stimuli.nc" in out and "1.2 kB" in out and "analyse/ratemaps" in out
     assert run_cli(["show", "--archive", str(archive.root), "cccccc", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
