@@ -351,3 +351,27 @@ def _far_from(phantom, units, x, y):
     c = phantom.place.centres.numpy()[units]
     d = np.hypot(x[:, None] - c[None, :, 0], y[:, None] - c[None, :, 1])
     return (d > phantom.field_radius + 1).all(1)
+
+
+# -- figures -----------------------------------------------------------------------------------------------------
+def test_figures_plot_the_results():
+    from rig.lesions.figures import unit_lesion_figure, weight_lesion_figure
+
+    rng = np.random.default_rng(0)
+    tp = rng.random((2, 1, 3, 5)).astype(np.float32)
+    uds = xr.Dataset({"mean": (("strategy", "proportion"), tp.mean((1, 3))),
+                      "ci_low": (("strategy", "proportion"), tp.min((1, 3))),
+                      "ci_high": (("strategy", "proportion"), tp.max((1, 3)))},
+                     coords={"strategy": ["random", "targeted"], "proportion": [0.0, 0.5, 1.0]},
+                     attrs={"n_units": 8, "site": "blocks.1", "target": "a stimulus"})
+    fig = unit_lesion_figure(uds)
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose(lines[1].get_ydata(), uds["mean"].sel(strategy="targeted"))
+    p = rng.random((4, 6)).astype(np.float32)
+    wds = xr.Dataset({"target_probability": (("module", "stimulus"), p), "mean": ("module", p.mean(1)),
+                      "baseline_mean": 0.5},
+                     coords={"module": ["visual.conv1", "visual.ln_post", "ln_final", "token_embedding"],
+                             "tower": ("module", ["visual", "visual", "text", "text"])})
+    fig = weight_lesion_figure(wds)
+    assert len(fig.axes) == 2
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), p.mean(1)[2:])

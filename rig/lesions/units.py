@@ -48,6 +48,7 @@ def ratemap_at(ratemaps: xr.Dataset | xr.DataArray, x: np.ndarray, y: np.ndarray
     coordinates along `y_bin` / `x_bin` in pixels); `x`, `y`: stimulus centres in pixels, shape `(S,)`.
     """
     rm = ratemaps["ratemap"] if isinstance(ratemaps, xr.Dataset) else ratemaps
+    rm = rm.squeeze([d for d in rm.dims if d not in ("unit", "y_bin", "x_bin") and rm.sizes[d] == 1], drop=True)
     extra = [d for d in rm.dims if d not in ("unit", "y_bin", "x_bin")]
     if extra or "unit" not in rm.dims:
         raise RigError(
