@@ -2,10 +2,25 @@
 
     session = rig.run("protocols/quickstart.toml")        # design -> record -> analyse -> perturb
     session = rig.open_session("sessions/2026...")         # browse: .status .protocol .stimuli .recording .results
-"""
-from .errors import ProtocolError, RigError, SiteError, SubjectError
-from .protocol import Protocol, load_protocol
-from .session import Session, open_session, resume, run
+    rig.Archive().sessions()                               # a table of all sessions
 
-__all__ = ["Protocol", "ProtocolError", "RigError", "Session", "SiteError", "SubjectError", "load_protocol",
-           "open_session", "resume", "run"]
+Names are imported on first use, so the `rig` command starts fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "run": "session", "resume": "session", "open_session": "session", "Session": "session",
+    "Archive": "archive", "Protocol": "protocol", "load_protocol": "protocol",
+    "RigError": "errors", "ProtocolError": "errors", "SubjectError": "errors", "SiteError": "errors",
+    "load_subject": "subjects",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'rig' has no attribute {name!r}")

@@ -268,7 +268,7 @@ def _iso(t: datetime | None) -> str | None:
 
 def _is_stale(heartbeat: datetime | None, interval: float, pid: int | None, host: Any, now: float) -> bool:
     """A running session is stale when its heartbeat is missing or older than 3 intervals, or when its
-    process is gone on this host (same rule as `rig.session.effective_status`)."""
+    process is gone on this host. The one staleness rule of the rig (`rig.Session.status` uses it too)."""
     if heartbeat is None or now - heartbeat.timestamp() > STALE_AFTER_BEATS * interval:
         return True
     return pid is not None and host == socket.gethostname() and not pid_alive(pid)

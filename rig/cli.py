@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import USER_ERRORS
+from .errors import is_user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,9 +17,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -30,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted: {e} is marked interrupted; finish it with `rig resume {Path(str(e)).name}`",
                   file=sys.stderr)
             return 130
+        if is_user_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         where = getattr(e, "session_path", None)
         if where is None:
             raise

@@ -1,5 +1,4 @@
 """Errors a user can fix. The CLI prints their message on one line, without a traceback."""
-from stimuli.base import StimulusError  # noqa: F401  (a ValueError: `stimuli` does not depend on `rig`)
 
 
 class RigError(Exception):
@@ -18,5 +17,12 @@ class SiteError(RigError):
     """A site pattern that matches nothing, or a site whose output cannot be recorded."""
 
 
-#: every exception type whose message is meant for the user as it is
-USER_ERRORS: tuple[type[Exception], ...] = (RigError, StimulusError)
+def is_user_error(error: BaseException) -> bool:
+    """True for errors whose message is meant for the user as it is: `RigError`s and `stimuli.StimulusError`
+    (a `ValueError` of the `stimuli` package, which does not depend on `rig`)."""
+    if isinstance(error, RigError):
+        return True
+    import sys
+
+    stimuli_base = sys.modules.get("stimuli.base")  # if stimuli was never imported, it raised nothing
+    return stimuli_base is not None and isinstance(error, stimuli_base.StimulusError)

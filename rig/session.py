@@ -31,18 +31,13 @@ from typing import Any, Callable, Iterator
 import xarray as xr
 
 from . import provenance
+from .archive import SessionInfo, default_archive
 from .errors import RigError
 from .io import write_json, write_text
 from .protocol import Protocol, load_protocol, parse_protocol, validate_protocol
 
 SESSION_SCHEMA = 1
 HEARTBEAT_S = 5.0
-STATUSES = ("running", "completed", "failed", "interrupted")
-
-
-def default_archive() -> Path:
-    """`$RIG_ARCHIVE`, else `./sessions`."""
-    return Path(os.environ.get("RIG_ARCHIVE", "sessions"))
 
 
 def now_iso() -> str:
@@ -76,7 +71,7 @@ class Session:
     @property
     def status(self) -> str:
         """running | completed | failed | interrupted, or "stale" for a running session whose heartbeat stopped."""
-        return effective_status(self.info)
+        return SessionInfo.read(self.path).status
 
     @property
     def id(self) -> str:
@@ -126,45 +121,11 @@ class Session:
         return f
 
 
-def open_session(path: str | os.PathLike) -> Session:
-    """Open a session folder (a path, or an id / unique id prefix in the default archive)."""
-    p = Path(path)
-    if not p.exists() and not p.is_absolute():
-        candidates = sorted(default_archive().glob(f"{path}*"))
-        if len(candidates) == 1:
-            p = candidates[0]
-        elif candidates:
-            raise RigError(f"{path!r} matches {len(candidates)} sessions: "
-                           + ", ".join(c.name for c in candidates[:5]))
-    if not p.exists():
-        raise RigError(f"no session at {path} (list sessions with `rig ls`)")
-    return Session(p)
+def open_session(path: str | os.PathLike, archive: str | os.PathLike | None = None) -> Session:
+    """Open a session: a folder path, or an id / unique id prefix / `latest` in `archive` (default archive)."""
+    from .archive import Archive
 
-
-def effective_status(info: dict[str, Any], now: float | None = None) -> str:
-    """The stored status, except "stale" for a running session whose heartbeat is older than 3 intervals or
-    whose process is gone (same host)."""
-    status = info.get("status", "unknown")
-    if status != "running":
-        return status
-    if info.get("host") == socket.gethostname() and info.get("pid") and not _pid_alive(int(info["pid"])):
-        return "stale"
-    try:
-        beat = dt.datetime.fromisoformat(info["heartbeat"].replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError):
-        return "stale"
-    age = (now or time.time()) - beat
-    return "stale" if age > 3 * float(info.get("heartbeat_interval_s", HEARTBEAT_S)) else "running"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return Session(Archive(archive).find(path).path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,7 +199,7 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False) 
     """
     session = open_session(path)
     info = session.info
-    status = effective_status(info)
+    status = session.status
     if status == "completed":
         raise RigError(f"{session.id} is already completed; `rig rerun {session.id}` starts a new session")
     if status == "running":
