@@ -1,0 +1,173 @@
+"""Ratemaps: every unit's mean response as a function of stimulus position, on a grid of bins.
+
+All units at once: the (bin x stimulus) one-hot matrix `B` is sparse, so the sums per bin of a block of units
+`R` (stimulus x units) are one sparse-dense product `B @ R`; the recording is read in blocks of units
+(bounded memory, works on a lazy netCDF-backed DataArray).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
+from scipy import ndimage
+
+RATES = ("none", "shift", "rectify")
+
+
+class AnalysisInputError(ValueError):
+    """Input an analysis cannot use (wrong shape, unknown option, no stimuli in the frame); says what to do.
+
+    `analyses` cannot import `rig`; the rig layer re-raises these as `rig.errors.RigError`.
+    """
+
+
+def rate_transform(maps: np.ndarray, rate: str) -> np.ndarray:
+    """Turn activation maps (..., y, x) into non-negative "rates" for Skaggs statistics.
+
+    "none": unchanged (must already be >= 0); "shift": minus the map's own minimum over visited bins (the map's
+    least response becomes rate 0; invariant to the unit's offset); "rectify": max(map, 0) (negative responses
+    become silence). NaN (unvisited) stays NaN.
+    """
+    if rate not in RATES:
+        raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
+    maps = np.asarray(maps, dtype=np.float64)
+    if rate == "shift":
+        finite = np.isfinite(maps)
+        low = np.where(finite, maps, np.inf).min(axis=(-2, -1), keepdims=True)
+        return np.where(finite, maps - np.where(np.isfinite(low), low, 0.0), np.nan)
+    if rate == "rectify":
+        return np.where(np.isnan(maps), np.nan, np.maximum(maps, 0.0))
+    return maps
+
+
+def smooth_maps(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """NaN-aware Gaussian smoothing of maps (..., y, x), sigma in bins (normalised convolution).
+
+    smooth(values * visited) / smooth(visited) over the last two axes (zero padding outside the frame, so
+    edges are not biased toward reflected values); unvisited bins stay NaN. sigma <= 0 returns a copy.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if sigma is None or sigma <= 0:
+        return maps.copy()
+    visited = np.isfinite(maps)
+    sig = (0,) * (maps.ndim - 2) + (sigma, sigma)
+    num = ndimage.gaussian_filter(np.where(visited, maps, 0.0), sig, mode="constant", truncate=truncate)
+    den = ndimage.gaussian_filter(visited.astype(np.float64), sig, mode="constant", truncate=truncate)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(visited, num / den, np.nan)
+
+
+def bin_positions(x: np.ndarray, y: np.ndarray, bins: int | tuple[int, int],
+                  extent: Sequence[float]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Flat bin index (y_bin * nx + x_bin) per stimulus, -1 outside `extent` = (x0, x1, y0, y1) pixels.
+
+    Bins are half-open [lo, hi) except the last, which includes the far edge.
+    """
+    ny, nx = (bins, bins) if np.isscalar(bins) else tuple(int(b) for b in bins)
+    if ny < 1 or nx < 1:
+        raise AnalysisInputError(f"bins must be positive, got {bins!r}")
+    x0, x1, y0, y1 = (float(v) for v in extent)
+    if not (x1 > x0 and y1 > y0):
+        raise AnalysisInputError(f"extent must be (x0, x1, y0, y1) with x1 > x0 and y1 > y0, got {extent!r}")
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ix = np.floor((x - x0) / (x1 - x0) * nx).astype(np.int64)
+    iy = np.floor((y - y0) / (y1 - y0) * ny).astype(np.int64)
+    ix[x == x1], iy[y == y1] = nx - 1, ny - 1
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & np.isfinite(x) & np.isfinite(y)
+    return np.where(inside, iy * nx + ix, -1), (ny, nx)
+
+
+def binning_matrix(flat_bin: np.ndarray, n_bins: int) -> sp.csr_matrix:
+    """Sparse one-hot (bin x stimulus) matrix; stimuli outside the frame (-1) have no entry."""
+    keep = np.flatnonzero(flat_bin >= 0)
+    return sp.csr_matrix((np.ones(keep.size), (flat_bin[keep], keep)), shape=(n_bins, flat_bin.size))
+
+
+def _coordinate(responses: xr.DataArray, value: Any, name: str) -> np.ndarray:
+    if value is None or isinstance(value, str):
+        key = value or name
+        if key not in responses.coords:
+            raise AnalysisInputError(f"responses have no '{key}' coordinate; pass {name}= stimulus positions")
+        value = responses.coords[key].values
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape != (responses.sizes["stimulus"],):
+        raise AnalysisInputError(f"{name} has shape {value.shape}, expected ({responses.sizes['stimulus']},) "
+                                 "(one position per stimulus)")
+    return value
+
+
+def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | tuple[int, int] = 28,
+             extent: Sequence[float] | None = None, smoothing: float | None = None, rate: str = "none",
+             min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32) -> xr.Dataset:
+    """Ratemap of every unit: mean response per position bin, with the occupancy of each bin.
+
+    responses: DataArray with a `stimulus` dim (any other dims: unit, token, ...; may be lazy, e.g. from
+    `xr.open_dataset`), read in blocks of about `block_bytes`. x, y: stimulus centres in pixels (arrays, or
+    coordinate names; default the `x`/`y` coordinates). bins: n or (ny, nx). extent: (x0, x1, y0, y1) in
+    pixels; default (0, canvas, 0, canvas) from `responses.attrs["canvas"]`, else the positions' range.
+    Bins with fewer than `min_occupancy` stimuli are NaN (unvisited). smoothing: Gaussian sigma in bins,
+    NaN-aware (`smooth_maps`). rate: "none" | "shift" | "rectify" (`rate_transform`), applied last.
+
+    Returns Dataset with `ratemap` (other dims..., y_bin, x_bin) and `occupancy` (y_bin, x_bin; stimuli per
+    bin), bin-centre coordinates `y_bin`, `x_bin` in pixels, attrs bins, extent, smoothing, rate,
+    min_occupancy, n_outside (stimuli outside the extent, ignored).
+    """
+    if not isinstance(responses, xr.DataArray):
+        raise AnalysisInputError("responses must be an xarray DataArray with a 'stimulus' dim")
+    if "stimulus" not in responses.dims:
+        raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
+    if rate not in RATES:
+        raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
+    xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
+    if extent is None:
+        canvas = responses.attrs.get("canvas")
+        if canvas is not None:
+            cw, ch = (canvas, canvas) if np.isscalar(canvas) else canvas
+            extent = (0.0, float(cw), 0.0, float(ch))
+        else:
+            extent = (np.nanmin(xs), np.nanmax(xs), np.nanmin(ys), np.nanmax(ys))
+    flat, (ny, nx) = bin_positions(xs, ys, bins, extent)
+    if not (flat >= 0).any():
+        raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
+    onehot = binning_matrix(flat, ny * nx)
+    occupancy = np.asarray(onehot.sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv_occ = np.where(occupancy >= max(min_occupancy, 1), 1.0 / occupancy, np.nan)
+
+    resp = responses.transpose("stimulus", ...)
+    other = [d for d in resp.dims if d != "stimulus"]
+    shape = tuple(resp.sizes[d] for d in other)
+    n_units = int(np.prod(shape)) if shape else 1
+    out = np.empty((n_units, ny, nx), dtype=dtype)
+    block_dim = max(other, key=lambda d: resp.sizes[d]) if other else None
+    per_index = max(1, n_units // max(resp.sizes[block_dim], 1)) if block_dim else 1
+    step = max(1, int(block_bytes // (8 * resp.sizes["stimulus"] * per_index))) if block_dim else 1
+    full = out.reshape(shape + (ny, nx)) if shape else out.reshape(ny, nx)
+    axis = other.index(block_dim) if block_dim else None
+    for start in range(0, resp.sizes[block_dim] if block_dim else 1, step):
+        block = resp.isel({block_dim: slice(start, start + step)}) if block_dim else resp
+        vals = np.asarray(block.values, dtype=np.float64)
+        bshape = vals.shape[1:]
+        sums = onehot @ vals.reshape(vals.shape[0], -1)  # (bins, units in block)
+        means = (sums * inv_occ[:, None]).T.reshape(bshape + (ny, nx))
+        means = rate_transform(smooth_maps(means, smoothing) if smoothing else means, rate)
+        index = [slice(None)] * len(other)
+        if axis is not None:
+            index[axis] = slice(start, start + step)
+        full[tuple(index)] = means
+    x_centres = extent[0] + (np.arange(nx) + 0.5) * (extent[1] - extent[0]) / nx
+    y_centres = extent[2] + (np.arange(ny) + 0.5) * (extent[3] - extent[2]) / ny
+    coords = {k: v for k, v in resp.coords.items() if "stimulus" not in v.dims}
+    coords.update(y_bin=("y_bin", y_centres, {"units": "px"}), x_bin=("x_bin", x_centres, {"units": "px"}))
+    attrs = {"bins": [ny, nx], "extent": [float(e) for e in extent], "smoothing": float(smoothing or 0.0),
+             "rate": rate, "min_occupancy": int(min_occupancy), "n_outside": int((flat < 0).sum()),
+             "units": responses.attrs.get("units", "response")}
+    ds = xr.Dataset(
+        {"ratemap": (tuple(other) + ("y_bin", "x_bin"), full),
+         "occupancy": (("y_bin", "x_bin"), occupancy.reshape(ny, nx).astype(np.int64))},
+        coords=coords, attrs=attrs)
+    ds["ratemap"].attrs.update(long_name="mean response per position bin", rate=rate)
+    ds["occupancy"].attrs.update(long_name="stimuli per bin", units="stimuli")
+    return ds

@@ -1,0 +1,519 @@
+"""Spatial scores of ratemaps: Skaggs spatial information (+ sparsity, selectivity), grid score, border score.
+
+Every score takes maps whose last two axes are `(y, x)` (bins), with any leading axes (units), NaN marking
+unvisited bins, as numpy arrays or xarray DataArrays, and returns one value per map (same leading shape; an
+xarray input gives a DataArray with the leading dims and coords). All maps are processed together, in blocks
+of `block_size` maps (bounded memory), without a Python loop per map.
+
+References: Skaggs et al. 1993/1996 (information, sparsity, selectivity); BNT / opexebo 0.7
+(`opexebo.analysis.autocorrelation`, `grid_score`, `rate_map_stats`); Solstad et al. 2008 (border score).
+Where these functions knowingly differ from opexebo it is said in their docstrings.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from analyses.ratemaps import AnalysisInputError, rate_transform
+
+MapsLike = Any  # np.ndarray | xr.DataArray, last two axes (y, x)
+
+GRID_ANGLES = (30, 60, 90, 120, 150)  # degrees, counter-clockwise as skimage.transform.rotate
+_EXPAND_THRESHOLDS = np.round(np.linspace(0.95, 0.2, int((0.95 - 0.2) / 0.02) + 1), 2)
+
+
+# --------------------------------------------------------------------------------------------- plumbing
+def _split(maps: MapsLike) -> tuple[np.ndarray, tuple[int, ...], xr.DataArray | None]:
+    """(N, H, W) float64 stack, the leading shape, and the DataArray template (or None)."""
+    template = maps if isinstance(maps, xr.DataArray) else None
+    arr = np.asarray(maps.values if template is not None else maps, dtype=np.float64)
+    if arr.ndim < 2:
+        raise AnalysisInputError(f"ratemaps need at least 2 axes (y, x), got shape {arr.shape}; pass maps[..., y, x]")
+    lead = arr.shape[:-2]
+    return arr.reshape((-1,) + arr.shape[-2:]), lead, template
+
+
+def _wrap(values: np.ndarray, lead: tuple[int, ...], template: xr.DataArray | None, name: str,
+          attrs: dict | None = None) -> np.ndarray | xr.DataArray:
+    out = values.reshape(lead)
+    if template is None:
+        return out
+    dims = template.dims[:-2]
+    coords = {k: v for k, v in template.coords.items() if set(v.dims) <= set(dims)}
+    return xr.DataArray(out, dims=dims, coords=coords, name=name, attrs=dict(attrs or {}))
+
+
+def _blocked(fn: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, block_size: int) -> np.ndarray:
+    """Apply `fn` (block (b, H, W) -> (b,)) over blocks of maps."""
+    out = np.empty(stack.shape[0], dtype=np.float64)
+    for start in range(0, stack.shape[0], max(1, block_size)):
+        out[start:start + block_size] = fn(stack[start:start + block_size])
+    return out
+
+
+# ------------------------------------------------------------------------------------ Skaggs statistics
+def spatial_stats(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none", clip: bool = False) -> dict:
+    """Skaggs statistics of every map, as a dict of arrays (or DataArrays) with the leading shape.
+
+    ratemap: (..., y, x) mean response per bin, NaN = unvisited; occupancy: broadcastable to it (stimuli or
+    time per bin; NaN or 0 = unvisited). `rate` turns activations into non-negative rates first
+    (`analyses.ratemaps.rate_transform`: "none", "shift" = minus the map's minimum, "rectify" = max(., 0)).
+    With p_i = occupancy_i / sum(occupancy), mean rate r = sum p_i r_i:
+      information_rate    = sum p_i r_i log2(r_i / r)           [bits per unit time / per stimulus]
+      information_content = information_rate / r               [bits per spike]
+      sparsity            = r^2 / sum p_i r_i^2                 (in (0, 1])
+      selectivity         = max_i r_i / r
+    `clip=False` is Skaggs' formula (a KL divergence, >= 0). `clip=True` is opexebo's `rate_map_stats`, which
+    clips log2 arguments below 1 to 1 (only bins above the mean contribute). Undefined values are NaN: maps with
+    no visited bin, zero mean rate, or (with rate="none") a negative rate anywhere.
+    """
+    maps, lead, template = _split(ratemap)
+    maps = rate_transform(maps, rate)
+    occ = np.broadcast_to(np.asarray(getattr(occupancy, "values", occupancy), dtype=np.float64),
+                          lead + maps.shape[-2:]).reshape(maps.shape)
+    valid = np.isfinite(maps) & np.isfinite(occ) & (occ > 0)
+    r = np.where(valid, maps, 0.0)
+    p = np.where(valid, occ, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = p / p.sum(axis=(1, 2), keepdims=True)
+        mean = (p * r).sum(axis=(1, 2))
+        mean_sq = (p * r * r).sum(axis=(1, 2))
+        ratio = r / mean[:, None, None]
+        if clip:
+            ratio = np.maximum(ratio, 1.0)
+        log_term = np.where(ratio > 0, np.log2(np.where(ratio > 0, ratio, 1.0)), 0.0)
+        info_rate = (p * r * log_term).sum(axis=(1, 2))
+        peak = np.where(valid, maps, -np.inf).max(axis=(1, 2))
+        bad = ~valid.any(axis=(1, 2)) | (mean == 0) | ~np.isfinite(mean)
+        if rate == "none":
+            bad |= (np.where(valid, maps, 0.0) < 0).any(axis=(1, 2))
+        out = {
+            "information_rate": np.where(bad, np.nan, info_rate),
+            "information_content": np.where(bad, np.nan, info_rate / mean),
+            "sparsity": np.where(bad | (mean_sq == 0), np.nan, mean * mean / mean_sq),
+            "selectivity": np.where(bad, np.nan, peak / mean),
+        }
+    attrs = {"rate": rate, "clip": int(clip)}
+    units = {"information_rate": "bits/stimulus", "information_content": "bits/spike",
+             "sparsity": "1", "selectivity": "1"}
+    return {k: _wrap(v, lead, template, k, {**attrs, "units": units[k]}) for k, v in out.items()}
+
+
+def spatial_information(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none", clip: bool = False,
+                        per: str = "spike") -> np.ndarray | xr.DataArray:
+    """Skaggs spatial information per map: bits/spike (`per="spike"`) or bits per unit occupancy
+    (`per="second"`; per stimulus when occupancy counts stimuli). See `spatial_stats` for the formula, the
+    `rate` transform and `clip`. Returns the leading shape of `ratemap`."""
+    if per not in ("spike", "second"):
+        raise AnalysisInputError(f"per must be 'spike' or 'second', got {per!r}")
+    stats = spatial_stats(ratemap, occupancy, rate=rate, clip=clip)
+    return stats["information_content" if per == "spike" else "information_rate"]
+
+
+def sparsity(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none") -> np.ndarray | xr.DataArray:
+    """Skaggs sparsity r^2 / <r^2> per map (see `spatial_stats`)."""
+    return spatial_stats(ratemap, occupancy, rate=rate)["sparsity"]
+
+
+def selectivity(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none") -> np.ndarray | xr.DataArray:
+    """Selectivity max(r) / mean(r) per map (see `spatial_stats`)."""
+    return spatial_stats(ratemap, occupancy, rate=rate)["selectivity"]
+
+
+# ----------------------------------------------------------------------------------- autocorrelogram
+def _corr_fft(shape: tuple[int, int]) -> tuple[Callable, Callable]:
+    """FFT helpers for correlations at lags |dy| <= H - 1, |dx| <= W - 1 (fast FFT sizes >= 2n - 1)."""
+    fshape = tuple(sp_fft.next_fast_len(2 * n - 1, real=True) for n in shape)
+    h, w = shape
+
+    def fwd(a: np.ndarray) -> np.ndarray:
+        return sp_fft.rfft2(a, s=fshape, workers=-1)
+
+    def corr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        """(..., 2H-1, 2W-1): out[lag + (H-1, W-1)] = sum_p a(p) b(p + lag)."""
+        c = sp_fft.irfft2(np.conj(fa) * fb, s=fshape, workers=-1)
+        c = np.roll(c, (h - 1, w - 1), axis=(-2, -1))
+        return c[..., :2 * h - 1, :2 * w - 1]
+
+    return fwd, corr
+
+
+def _crop_slices(shape: tuple[int, int], overlap: float = 0.8) -> tuple[slice, slice]:
+    """opexebo's crop of the full (2H-1, 2W-1) autocorrelogram to lags with >= ~`overlap` support."""
+    out = []
+    for n in shape:
+        full = 2 * n - 1
+        new = np.round(n + n * overlap)
+        if new % 2 == 0:
+            new -= 1
+        offset = np.round((full - new) / 2 + 1)
+        out.append(slice(int(offset - 1), int(full - offset + 1)))
+    return out[0], out[1]
+
+
+def _autocorr_block(maps: np.ndarray, nan: str, crop: bool) -> np.ndarray:
+    h, w = maps.shape[-2:]
+    x = np.array(maps, dtype=np.float64)
+    if nan == "zero":
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    valid = np.isfinite(x)
+    centre = np.where(valid, x, 0.0).sum(axis=(1, 2), keepdims=True) / np.maximum(
+        valid.sum(axis=(1, 2), keepdims=True), 1)
+    x = np.where(valid, x - centre, 0.0)
+    m = valid.astype(np.float64)
+    fwd, corr = _corr_fft((h, w))
+    fx, fm, fx2 = fwd(x), fwd(m), fwd(x * x)
+    n = np.rint(corr(fm, fm))
+    sa, saa = corr(fx, fm), corr(fx2, fm)  # sums over the pairs' first member; the second is the lag flip
+    sb, sbb = sa[..., ::-1, ::-1], saa[..., ::-1, ::-1]
+    sab = corr(fx, fx)
+    if crop:
+        sl = (slice(None),) + _crop_slices((h, w))
+        n, sa, sb, saa, sbb, sab = (a[sl] for a in (n, sa, sb, saa, sbb, sab))
+    # a lag's variance below 1e-10 of the map's total sum of squares is FFT round-off, not signal: r = 0 there
+    energy = (x * x).sum(axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        num = sab - sa * sb / n
+        var_a, var_b = saa - sa * sa / n, sbb - sb * sb / n
+        ok = (n > 1) & (var_a > 1e-10 * energy) & (var_b > 1e-10 * energy)
+        r = np.where(ok, num / np.sqrt(np.where(ok, var_a * var_b, 1.0)), 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
+                    block_size: int = 1024) -> np.ndarray:
+    """Spatial autocorrelogram of every map: Pearson correlation per lag over the overlapping visited bins.
+
+    Computed for all maps at once with FFTs of sums of products (n, sums, sums of squares, cross products per
+    lag). Output `(..., h, w)` with lag (0, 0) at index (h // 2, w // 2); with `crop=True` (opexebo) only lags
+    whose overlap is at least ~80% of the map are kept (h = 2H-1 cropped, 49 x 49 for 28 x 28 maps). Lags
+    with fewer than 2 pairs or (numerically) zero variance are 0, as opexebo/BNT; "numerically zero" is below
+    1e-10 of the map's sum of squares, where opexebo returns round-off noise (seen on place fields with a
+    flat baseline: opexebo's value there depends on float error; this is the one known difference).
+    nan="exclude" (default) leaves unvisited bins out of each lag's correlation; nan="zero" reproduces
+    opexebo/BNT, which set unvisited bins to 0 first. That is wrong for maps with a baseline (0 is an arbitrary
+    activation) and for any map with holes (0 is a made-up rate), so it is only offered for comparison.
+    """
+    if nan not in ("exclude", "zero"):
+        raise AnalysisInputError(f"nan must be 'exclude' or 'zero', got {nan!r}")
+    stack, lead, _ = _split(ratemap)
+    blocks = [_autocorr_block(stack[s:s + block_size], nan, crop) for s in range(0, len(stack), block_size)]
+    out = np.concatenate(blocks) if blocks else np.zeros((0,) + stack.shape[-2:])
+    return out.reshape(lead + out.shape[-2:])
+
+
+# ----------------------------------------------------------------------------------------- grid score
+def _iterate(state: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Iterate `state[act] = step(state[act], act)` until no map changes (a fixed point: morphological
+    reconstruction); converged maps leave the working set `act`."""
+    active = np.arange(state.shape[0])
+    while active.size:
+        cur = state[active]
+        new = step(cur, active)
+        changed = (new != cur).any(axis=(1, 2))
+        state[active] = new
+        active = active[changed]
+    return state
+
+
+def _dilate_cross(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    np.maximum(out[:, 1:], a[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], a[:, 1:], out=out[:, :-1])
+    np.maximum(out[:, :, 1:], a[:, :, :-1], out=out[:, :, 1:])
+    np.maximum(out[:, :, :-1], a[:, :, 1:], out=out[:, :, :-1])
+    return out
+
+
+def _erode_cross(a: np.ndarray) -> np.ndarray:
+    return -_dilate_cross(-a)
+
+
+def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
+    """Radius (bins, float; NaN when no field) of the autocorrelogram's centre field, as opexebo's
+    `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
+    min_bins 5) on the opening-by-reconstruction of the map, radius = floor(sqrt(area / pi)).
+
+    The adaptive threshold walks 0.95, 0.93, ..., 0.2 of the peak and stops before the field's 4-connected
+    area jumps to >= 3x the initial growth ratio or the field encloses a hole, or after 10 steps without
+    change. Instead of labelling per
+    threshold, two maps per autocorrelogram make every threshold a comparison: `level` (the highest threshold
+    at which a bin is 4-connected to the centre: reconstruction by dilation from the centre) and `escape`
+    (the lowest level at which a bin still reaches the border through lower bins: reconstruction by erosion
+    from the border). Field at T = {level >= T}; a hole exists at T iff some bin has level < T <= escape.
+    Knowingly different: where opexebo's field is already invalid at 0.95/0.93 (a hole), it retries at higher
+    thresholds; this returns NaN (rare: a hole next to the peak of an autocorrelogram).
+    """
+    b, h, w = acorr.shape
+    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
+    # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
+    marker = np.minimum(_erode_cross(acorr), acorr)
+    fmap = _iterate(marker, lambda cur, act: np.minimum(
+        ndimage.maximum_filter(cur, size=(1, 3, 3), mode="nearest"), acorr[act]))
+    peak = fmap[:, ch, cw].copy()
+    floor_ = peak * 0.2
+    gated = np.where(fmap >= floor_[:, None, None], fmap, -np.inf)
+    level = np.full_like(fmap, -np.inf)
+    level[:, ch, cw] = gated[:, ch, cw]
+    level = _iterate(level, lambda cur, act: np.minimum(_dilate_cross(cur), gated[act]))
+    escape = np.full_like(level, np.inf)
+    for sl in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0),
+               (slice(None), slice(None), -1)):
+        escape[sl] = level[sl]
+    escape = _iterate(escape, lambda cur, act: np.minimum(np.maximum(_erode_cross(cur), level[act]), cur))
+    lv = level.reshape(b, -1)
+    es = escape.reshape(b, -1)
+
+    def area_bad(t: float) -> tuple[np.ndarray, np.ndarray]:
+        thr = (peak * t)[:, None]
+        inside = lv >= thr
+        return inside.sum(1).astype(np.float64), ((~inside) & (es >= thr)).any(1)
+
+    a1, bad1 = area_bad(0.95)
+    a2, bad2 = area_bad(0.93)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        growth = a2 / a1
+        last = a2.copy()
+        result = np.full(b, np.nan)
+        stopped = bad1 | bad2 | ~np.isfinite(peak) | (peak <= 0)
+        n_decrease = np.zeros(b, dtype=np.int64)
+        n_same = np.zeros(b, dtype=np.int64)
+        for k, t in enumerate(_EXPAND_THRESHOLDS):
+            area, bad = area_bad(float(t))
+            change = area / last
+            n_decrease = np.where(change < 1, n_decrease + 1, 0)
+            grows_ok = (np.floor(change / growth) <= 2) & (n_decrease < 3)
+            n_same = np.where(grows_ok, np.where(change == 1, n_same + 1, 0), n_same)
+            stop = ~stopped & (bad | ~grows_ok | (n_same >= 10))
+            result[stop] = last[stop] if k > 0 else np.nan
+            stopped |= stop
+            last = np.where(stopped, last, area)
+        result[~stopped] = last[~stopped]
+        result[bad1 | bad2] = np.nan
+        result[result < 5] = np.nan
+        return np.floor(np.sqrt(result / np.pi))
+
+
+def _rotation_gather(shape: tuple[int, int], angles: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear gather indices (A, 4, P) into a flattened map padded with one zero (index P) and weights
+    (A, 4, P), reproducing skimage.transform.rotate(order=1, mode='constant', cval=0) about the centre."""
+    h, w = shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = h / 2.0 - 0.5, w / 2.0 - 0.5
+    idx, wts = [], []
+    for ang in angles:
+        th = np.deg2rad(ang)
+        xc, yc = cols - cx, rows - cy
+        c_in = np.cos(th) * xc - np.sin(th) * yc + cx
+        r_in = np.sin(th) * xc + np.cos(th) * yc + cy
+        r0, c0 = np.floor(r_in), np.floor(c_in)
+        dr, dc = r_in - r0, c_in - c0
+        ii, ww = [], []
+        for orow, ocol, wt in ((0, 0, (1 - dr) * (1 - dc)), (0, 1, (1 - dr) * dc),
+                               (1, 0, dr * (1 - dc)), (1, 1, dr * dc)):
+            rr, cc = (r0 + orow).astype(int), (c0 + ocol).astype(int)
+            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            ii.append(np.where(inside, rr * w + cc, h * w).ravel())
+            ww.append(wt.ravel())
+        idx.append(ii)
+        wts.append(ww)
+    return np.asarray(idx), np.asarray(wts)
+
+
+def _grid_block(acorr: np.ndarray) -> np.ndarray:
+    b, h, w = acorr.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acorr = acorr / acorr.max(axis=(1, 2), keepdims=True)
+    radius = _centre_field_radius(np.nan_to_num(acorr, nan=-np.inf))
+    outer = int(np.floor(min(h, w) / 2))
+    # distances as opexebo: 1-based indices minus ceil(size / 2)
+    hh, hw = np.ceil(h / 2), np.ceil(w / 2)
+    rr, cc = np.mgrid[1:h + 1, 1:w + 1]
+    d2 = ((cc - hw) ** 2 + (rr - hh) ** 2).ravel().astype(np.int64)
+    keep = d2 < outer * outer
+    # pixels inside the largest ring, ordered by squared distance; shells = runs of equal distance
+    keep = np.flatnonzero(keep)
+    keep = keep[np.argsort(d2[keep], kind="stable")]
+    shells, shell_start, n_shell = np.unique(d2[keep], return_index=True, return_counts=True)
+    idx, wts = _rotation_gather((h, w), GRID_ANGLES)
+    flat = np.concatenate([np.nan_to_num(acorr.reshape(b, -1)), np.zeros((b, 1))], axis=1)
+    rot = np.einsum("bakp,akp->bap", flat[:, idx[:, :, keep]], wts[:, :, keep])  # (b, A, P') rotated
+    x = flat[:, :-1][:, keep]
+
+    def cum(a: np.ndarray) -> np.ndarray:
+        per_shell = np.add.reduceat(a, shell_start, axis=-1)
+        return np.concatenate([np.zeros(a.shape[:-1] + (1,)), np.cumsum(per_shell, -1)], -1)
+
+    cx, cxx = cum(x), cum(x * x)
+    cy, cyy, cxy = cum(rot), cum(rot * rot), cum(x[:, None] * rot)
+    cn = np.concatenate([[0.0], np.cumsum(n_shell)])
+    # radii per map: opexebo's linspace(max(3, c + 1), outer, outer - c).astype(int)
+    steps = max(outer - 1, 1)
+    rad = np.full((b, steps), -1, dtype=np.int64)
+    for c in np.unique(radius[np.isfinite(radius)]).astype(int):
+        if c < 1 or outer - c < 1:
+            continue
+        r = np.linspace(max(3, c + 1), outer, outer - c).astype(int)
+        rad[np.where(radius == c)[0], :r.size] = r
+    valid_step = rad > 0
+    c_int = np.where(np.isfinite(radius), radius, 0).astype(np.int64)
+    lo = np.searchsorted(shells, c_int * c_int, side="right")  # shells with d2 <= c^2 excluded
+    hi = np.searchsorted(shells, np.maximum(rad, 0) ** 2 - 1, side="right")  # d2 < R^2
+    bi = np.arange(b)[:, None]
+
+    def ring(cs: np.ndarray) -> np.ndarray:
+        if cs.ndim == 2:
+            return cs[bi, hi] - cs[np.arange(b), lo][:, None]
+        return cs[bi[:, :, None], np.arange(cs.shape[1])[None, None], hi[:, :, None]] - \
+            cs[np.arange(b)[:, None], np.arange(cs.shape[1])[None], lo[:, None]][:, None, :]
+
+    n = (cn[hi] - cn[lo][:, None])[:, :, None]
+    sx, sxx = ring(cx)[:, :, None], ring(cxx)[:, :, None]
+    sy, syy, sxy = ring(cy), ring(cyy), ring(cxy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vx, vy = n * sxx - sx * sx, n * syy - sy * sy
+        flat_x = vx <= 1e-12 * n * np.abs(sxx)
+        flat_y = vy <= 1e-12 * n * np.abs(syy)
+        r = (n * sxy - sx * sy) / np.sqrt(vx * vy)
+        r = np.where(flat_x | flat_y | (n < 2), np.nan, r)
+        gns = np.minimum(r[..., 1], r[..., 3]) - np.maximum(np.maximum(r[..., 0], r[..., 2]), r[..., 4])
+        gns = np.where(valid_step, gns, np.nan)
+        n_steps = valid_step.sum(1)
+        # moving average of 3 over the first n_steps - 3 start positions (opexebo), else the plain mean
+        win = np.stack([gns[:, i:i + 3] if i + 3 <= steps else np.full((b, 3), np.nan)
+                        for i in range(steps)], 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(win, axis=2)
+        starts = np.arange(steps)[None] < (n_steps - 3)[:, None]
+        any_nan = (np.isnan(means) & starts).any(1)
+        best = np.where(starts, means, -np.inf).max(1)
+        best = np.where(any_nan, np.nan, best)
+        plain = np.where(valid_step, gns, 0).sum(1) / np.maximum(n_steps, 1)
+        plain = np.where((np.isnan(gns) & valid_step).any(1), np.nan, plain)
+        score = np.where(n_steps - 3 > 1, best, plain)
+        score = np.where((n_steps < 1) | ~np.isfinite(radius) | (radius < 1), np.nan, score)
+    return score
+
+
+def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 512) -> np.ndarray | xr.DataArray:
+    """Gridness score per map (BNT / opexebo 0.7 definition), in [-2, 2]; NaN where undefined.
+
+    Autocorrelogram (`autocorrelogram`, cropped to ~80% overlap) normalised to its peak; centre-field radius
+    c from the adaptive field search (`_centre_field_radius`); for outer radii R = linspace(max(3, c+1),
+    floor(min(h, w)/2), that - c) (opexebo's, including its int truncation), the Pearson correlation between
+    the annulus c < d < R of the autocorrelogram and of its rotations by 30, 60, 90, 120, 150 degrees
+    (bilinear, zero outside, as skimage `rotate`); gridness(R) = min(r60, r120) - max(r30, r90, r150); score =
+    the best 3-radius moving average (over the first n_radii - 3 windows, as opexebo; the mean of all when
+    that leaves one window or fewer). Annulus sums come from per-distance-shell sums and cumulative sums,
+    so all maps and radii are vectorised. NaN for all-NaN, constant or too small maps, and when no centre
+    field is found. `nan` is passed to `autocorrelogram` ("zero" reproduces opexebo on maps with holes).
+    """
+    stack, lead, template = _split(ratemap)
+
+    def block(maps: np.ndarray) -> np.ndarray:
+        if min(maps.shape[-2:]) < 3:
+            return np.full(maps.shape[0], np.nan)
+        return _grid_block(_autocorr_block(maps, nan, crop=True))
+
+    return _wrap(_blocked(block, stack, block_size), lead, template, "grid_score", {"nan": nan})
+
+
+# --------------------------------------------------------------------------------------- border score
+def _field_labels(stack: np.ndarray, threshold: float, min_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global field labels (b, h, w) (0 = none; ids increase with the map index) and the map of each id."""
+    b = stack.shape[0]
+    finite = np.isfinite(stack)
+    filled = np.where(finite, stack, np.inf)
+    base = filled.min(axis=(1, 2), keepdims=True)
+    shifted = np.where(finite, stack - np.where(np.isfinite(base), base, 0), np.nan)
+    peak = np.where(finite, shifted, -np.inf).max(axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore"):
+        above = finite & (shifted >= threshold * peak) & (peak > 0)
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    labels, n = ndimage.label(above, structure=cross)  # no links along axis 0: fields never span maps
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_bins
+    keep[0] = False
+    labels = np.where(keep[labels], labels, 0)
+    # ids are assigned in scan order, so each map owns a contiguous id range ending at its largest id
+    last_id = np.maximum.accumulate(labels.reshape(b, -1).max(1)) if b else np.zeros(0, int)
+    map_of = np.searchsorted(last_id, np.arange(n + 1), side="left")
+    return labels, np.minimum(map_of, max(b - 1, 0))
+
+
+def border_fields(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5) -> np.ndarray:
+    """Firing fields of every map as integer labels (..., y, x): 0 outside fields, 1..k within each map.
+
+    Rule (well defined for maps with a baseline, unlike opexebo's default peak search, which finds no field on
+    maps without exact zeros): after subtracting the map's minimum, a field is a 4-connected region of visited
+    bins at or above `threshold` x the map's peak, with at least `min_bins` bins. Constant or all-NaN maps
+    have no field.
+    """
+    stack, lead, _ = _split(ratemap)
+    labels, map_of = _field_labels(stack, threshold, min_bins)
+    first = np.concatenate([[0], np.maximum.accumulate(labels.reshape(len(stack), -1).max(1))])[:-1]
+    local = np.where(labels > 0, labels - first[:, None, None], 0)
+    return local.reshape(lead + stack.shape[-2:])
+
+
+def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, search_width: int = 8,
+                 block_size: int = 2048) -> np.ndarray | xr.DataArray:
+    """Border score (Solstad et al. 2008) per map: (cM - dm) / (cM + dm), in [-1, 1]; NaN where undefined.
+
+    Rates are the map minus its minimum (baseline 0). Fields: `border_fields` (connected regions >= threshold
+    x peak, >= min_bins bins). cM: the largest fraction of one wall's bins (the outermost row/column) covered
+    by a single field, over fields and the 4 walls; an unvisited wall bin takes the value of the first visited
+    bin inward within `search_width` bins (and is left out when there is none), as opexebo. dm: the mean
+    distance of field bins to the nearest wall, weighted by rate, over all fields, with opexebo's distance
+    (taxicab distance to outside the map: 1 for wall bins) normalised by half the shorter side.
+    Maps without a field (all-NaN, constant) give NaN (opexebo gives -1 when handed no field).
+    """
+    stack, lead, template = _split(ratemap)
+
+    def block(maps: np.ndarray) -> np.ndarray:
+        b, h, w = maps.shape
+        labels, map_of = _field_labels(maps, threshold, min_bins)
+        n_ids = map_of.size
+        visited = np.isfinite(maps)
+        base = np.where(visited, maps, np.inf).min(axis=(1, 2), keepdims=True)
+        rate = np.where(visited, maps - np.where(np.isfinite(base), base, 0), 0.0)
+        cover = np.zeros(b)
+        for wall in ("top", "bottom", "left", "right"):
+            lab, vis = _wall_strip(labels, wall, search_width), _wall_strip(visited, wall, search_width)
+            has = vis.any(axis=2)
+            lab0 = np.take_along_axis(lab, np.argmax(vis, axis=2)[..., None], axis=2)[..., 0]
+            counted = has.sum(1)
+            hits = np.bincount(lab0[has], minlength=n_ids).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                frac = np.nan_to_num(hits / counted[map_of])
+            frac[0] = 0.0
+            np.maximum.at(cover, map_of[1:], frac[1:])
+        iy, ix = np.arange(h)[:, None], np.arange(w)[None, :]
+        dist = np.minimum(np.minimum(iy + 1, h - iy), np.minimum(ix + 1, w - ix)).astype(np.float64)
+        wrate = np.where(labels > 0, rate, 0.0)
+        has_field = (labels > 0).any(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dm = 2 * ((wrate * dist).sum((1, 2)) / wrate.sum((1, 2))) / min(h, w)
+            score = (cover - dm) / (cover + dm)
+        return np.where(has_field, score, np.nan)
+
+    return _wrap(_blocked(block, stack, block_size), lead, template, "border_score",
+                 {"threshold": threshold, "min_bins": min_bins})
+
+
+def _wall_strip(a: np.ndarray, wall: str, width: int) -> np.ndarray:
+    """(b, positions along the wall, depth inward) strip of `a` (b, h, w) next to `wall`."""
+    if wall == "top":
+        return a[:, :width, :].transpose(0, 2, 1)
+    if wall == "bottom":
+        return a[:, ::-1, :][:, :width, :].transpose(0, 2, 1)
+    if wall == "left":
+        return a[:, :, :width]
+    return a[:, :, ::-1][:, :, :width]

@@ -1,0 +1,129 @@
+"""Spatial scores: agreement with opexebo 0.7 (fixture made by tests/fixtures/opexebo/make_fixtures.py) and
+defined outputs on bad input."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analyses.ratemaps import AnalysisInputError
+from analyses.spatial import (autocorrelogram, border_fields, border_score, grid_score, spatial_information,
+                              spatial_stats)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "opexebo" / "reference.npz"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    f = np.load(FIXTURE)
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def maps(ref):
+    return ref["maps"].astype(np.float64)
+
+
+def test_spatial_information_matches_opexebo_clipped(ref, maps):
+    st = spatial_stats(maps, ref["occupancy"].astype(np.float64), clip=True)
+    for ours, theirs in (("information_content", "si_content"), ("information_rate", "si_rate"),
+                         ("sparsity", "sparsity"), ("selectivity", "selectivity")):
+        np.testing.assert_array_equal(np.isnan(st[ours]), np.isnan(ref[theirs]))
+        np.testing.assert_allclose(st[ours], ref[theirs], atol=1e-9, rtol=0, err_msg=ours)
+
+
+def test_spatial_information_matches_unclipped_skaggs(ref, maps):
+    occ = ref["occupancy"].astype(np.float64)
+    bits = spatial_information(maps, occ)
+    np.testing.assert_allclose(bits, ref["si_content_skaggs"], atol=1e-9, rtol=0)
+    per_second = spatial_information(maps, occ, per="second")
+    np.testing.assert_allclose(per_second, ref["si_rate_skaggs"], atol=1e-9, rtol=0)
+    finite = np.isfinite(bits)
+    assert (bits[finite] >= -1e-12).all()  # a KL divergence
+    # clipping only ever adds information (drops the negative below-mean terms)
+    clipped = spatial_information(maps, occ, clip=True)
+    assert (clipped[finite] >= bits[finite] - 1e-12).all()
+
+
+def test_grid_score_matches_opexebo(ref, maps):
+    ours = grid_score(maps, nan="zero")  # opexebo sets unvisited bins to 0
+    theirs = ref["grid"]
+    finite = np.isfinite(theirs)
+    np.testing.assert_array_equal(np.isfinite(ours), finite)
+    close = np.abs(ours - theirs) < 0.02
+    assert close[finite].mean() >= 0.95, f"only {close[finite].mean():.3f} within 0.02"
+    # every disagreement is a map with lags whose overlap is constant up to round-off (opexebo: noise there)
+    degenerate = (autocorrelogram(maps, nan="zero") == 0).any(axis=(1, 2))
+    assert close[finite & ~degenerate].all()
+    # grids score high, untuned noise does not
+    kind = ref["kind"]
+    assert np.nanmin(ours[kind == "grid"]) > 1.0
+    np.testing.assert_allclose(grid_score(ref["wide_maps"].astype(np.float64), nan="zero"), ref["wide_grid"],
+                               atol=0.02)
+
+
+def test_grid_score_nan_exclude_is_right_on_holes(ref, maps):
+    """Leaving unvisited bins out keeps a holed grid's score nearer its hole-free score than zero-filling."""
+    kind = ref["kind"]
+    holed = np.flatnonzero(np.char.startswith(kind.astype(str), "grid") & ref["holes"])
+    full = {i: m for i, m in enumerate(maps) if not ref["holes"][i]}
+    originals = np.stack([next(m for m in full.values() if np.allclose(np.nan_to_num(maps[i]), np.where(
+        np.isnan(maps[i]), 0, m))) for i in holed])
+    clean = grid_score(originals)
+    err_exclude = np.abs(grid_score(maps[holed]) - clean)
+    err_zero = np.abs(grid_score(maps[holed], nan="zero") - clean)
+    assert np.nanmean(err_exclude) < np.nanmean(err_zero)
+
+
+def test_border_score_matches_opexebo_given_the_same_fields(ref, maps):
+    ours = border_score(maps)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref["border"]))
+    np.testing.assert_allclose(ours, ref["border"], atol=1e-9, rtol=0)
+    kind = ref["kind"].astype(str)
+    assert np.nanmin(ours[kind == "border"]) > 0.5
+    assert np.nanmax(ours[kind == "place"]) < np.nanmin(ours[kind == "border"])
+
+
+def test_border_score_needs_no_zeros_and_finds_each_wall():
+    y, x = np.mgrid[0:20, 0:20].astype(float)
+    walls = [np.exp(-d / 1.5) for d in (y, 19 - y, x, 19 - x)]
+    stack = np.stack(walls) * 5 + 100.0  # a baseline: no bin is zero
+    scores = border_score(stack)
+    assert (scores > 0.5).all()
+    np.testing.assert_allclose(scores, scores[0], atol=1e-12)  # symmetric walls score the same
+    labels = border_fields(stack)
+    assert labels.shape == stack.shape and (labels.max(axis=(1, 2)) == 1).all()
+
+
+def test_bad_input_gives_nan_not_crash():
+    rng = np.random.default_rng(0)
+    maps = np.stack([np.full((16, 16), np.nan), np.full((16, 16), 3.0), rng.random((16, 16))])
+    occ = np.ones((16, 16))
+    for out in (grid_score(maps), border_score(maps)):
+        assert np.isnan(out[:2]).all() and out.shape == (3,)
+    si = spatial_information(maps, occ)
+    assert np.isnan(si[0]) and si[1] == 0.0  # a constant map carries no information
+    assert np.isfinite(grid_score(maps)[2]) and np.isfinite(border_score(maps)[2])
+    # non-square and tiny maps
+    assert grid_score(rng.random((3, 12, 20))).shape == (3,)
+    assert np.isnan(grid_score(rng.random((2, 2, 2)))).all()
+    # signed maps: rate="none" is undefined for Skaggs, "shift" is defined
+    signed = rng.normal(size=(4, 10, 10))
+    assert np.isnan(spatial_information(signed, occ[:10, :10])).all()
+    assert np.isfinite(spatial_information(signed, occ[:10, :10], rate="shift")).all()
+    with pytest.raises(AnalysisInputError):
+        spatial_information(signed, occ[:10, :10], rate="bogus")
+    with pytest.raises(AnalysisInputError):
+        grid_score(np.zeros(5))
+
+
+def test_scores_keep_leading_dims_and_accept_xarray(ref, maps):
+    stack = maps[:12].reshape(3, 4, 28, 28)
+    da = xr.DataArray(stack, dims=("site", "unit", "y_bin", "x_bin"), coords={"site": ["a", "b", "c"]})
+    g = grid_score(da, nan="zero")
+    assert isinstance(g, xr.DataArray) and g.dims == ("site", "unit")
+    np.testing.assert_allclose(g.values.ravel(), grid_score(maps[:12], nan="zero"))
+    b = border_score(stack, block_size=5)  # blocks do not change results
+    np.testing.assert_allclose(b.ravel(), border_score(maps[:12]))
+    si = spatial_information(da, ref["occupancy"][0])
+    assert si.dims == ("site", "unit") and si.attrs["rate"] == "none"
