@@ -85,6 +85,22 @@ def binning_matrix(flat_bin: np.ndarray, n_bins: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(keep.size), (flat_bin[keep], keep)), shape=(n_bins, flat_bin.size))
 
 
+def bin_means(values: np.ndarray, flat_bin: np.ndarray, shape: tuple[int, int], min_occupancy: int = 1,
+              smoothing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of `values` (stimulus, units) per bin -> maps (units, ny, nx) and occupancy (ny, nx).
+
+    One sparse (bin x stimulus) product for all units; bins with < min_occupancy stimuli are NaN; optional
+    NaN-aware smoothing (sigma in bins).
+    """
+    ny, nx = shape
+    onehot = binning_matrix(flat_bin, ny * nx)
+    occupancy = np.asarray(onehot.sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv_occ = np.where(occupancy >= max(min_occupancy, 1), 1.0 / occupancy, np.nan)
+    means = ((onehot @ values) * inv_occ[:, None]).T.reshape(-1, ny, nx)
+    return (smooth_maps(means, smoothing) if smoothing else means), occupancy.reshape(ny, nx)
+
+
 def _coordinate(responses: xr.DataArray, value: Any, name: str) -> np.ndarray:
     if value is None or isinstance(value, str):
         key = value or name
@@ -131,10 +147,7 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     flat, (ny, nx) = bin_positions(xs, ys, bins, extent)
     if not (flat >= 0).any():
         raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
-    onehot = binning_matrix(flat, ny * nx)
-    occupancy = np.asarray(onehot.sum(axis=1)).ravel()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inv_occ = np.where(occupancy >= max(min_occupancy, 1), 1.0 / occupancy, np.nan)
+    occupancy = np.bincount(flat[flat >= 0], minlength=ny * nx)
 
     resp = responses.transpose("stimulus", ...)
     other = [d for d in resp.dims if d != "stimulus"]
@@ -149,10 +162,8 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     for start in range(0, resp.sizes[block_dim] if block_dim else 1, step):
         block = resp.isel({block_dim: slice(start, start + step)}) if block_dim else resp
         vals = np.asarray(block.values, dtype=np.float64)
-        bshape = vals.shape[1:]
-        sums = onehot @ vals.reshape(vals.shape[0], -1)  # (bins, units in block)
-        means = (sums * inv_occ[:, None]).T.reshape(bshape + (ny, nx))
-        means = rate_transform(smooth_maps(means, smoothing) if smoothing else means, rate)
+        means, _ = bin_means(vals.reshape(vals.shape[0], -1), flat, (ny, nx), min_occupancy, smoothing)
+        means = rate_transform(means.reshape(vals.shape[1:] + (ny, nx)), rate)
         index = [slice(None)] * len(other)
         if axis is not None:
             index[axis] = slice(start, start + step)
