@@ -14,8 +14,10 @@ populations of "cells" from its position, so that every analysis of the rig can 
                      rows of evenly spread centres (8 x 8, 28 px apart, by default).
     grid     (B, n_grid)    rectified sum of three cosines 60 degrees apart: peaks 1 on a triangular lattice
                      of side `spacing` px, rotated by `orientation` degrees, one peak at `(phase_x, phase_y)`.
-    border   (B, n_border)  exp(-distance to the unit's `wall` / `field_width`), along the whole wall;
-                     walls cycle north (y = 0), east, south, west.
+    border   (B, n_border)  a band along the unit's `wall`: sigmoid((field_width - distance to the wall) / 4 px),
+                     1 at the wall, 1/2 at `field_width` px; walls cycle north (y = 0), east, south, west.
+                     The default widths (24-32 px, 3-4 bins of 28 over 224 px) keep the band connected in a
+                     ratemap even though circle centres never come closer to a wall than their radius.
     untuned  (B, n_untuned) position-free: a lognormal "rate" driven by frozen noise from the pixel content
                      (mean `baseline`), so their ratemaps are flat up to sampling noise. (Stimulus size is not
                      used: with circles kept inside the canvas, size and position are correlated.)
@@ -154,9 +156,13 @@ class GridCells(_Population):
 
 
 class BorderCells(_Population):
-    """Border fields: `exp(-distance to the wall / width)`; `wall` (n,) indexes `WALLS`, widths (n,) px."""
+    """Border fields: a band along the wall, `sigmoid((width - distance to the wall) / edge)`.
 
-    def __init__(self, wall: np.ndarray, widths: np.ndarray, canvas: int, noise: float = 0.0):
+    `wall` (n,) indexes `WALLS`; `widths` (n,) px: distance from the wall where the response is half its peak;
+    `edge` px: how sharply it falls off there.
+    """
+
+    def __init__(self, wall: np.ndarray, widths: np.ndarray, canvas: int, edge: float = 4.0, noise: float = 0.0):
         super().__init__(len(wall), noise)
         wall = np.asarray(wall, np.int64)
         self.register_buffer("wall", torch.as_tensor(wall))  # index into WALLS
@@ -168,10 +174,11 @@ class BorderCells(_Population):
         self.register_buffer("sign", torch.as_tensor(sign, dtype=torch.float32))
         self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32))
         self.register_buffer("widths", torch.as_tensor(widths, dtype=torch.float32))
+        self.edge = float(edge)
 
     def tuning(self, loc: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-        distance = torch.relu(self.offset + self.sign * loc[:, self.axis])  # (B, n) px
-        return torch.exp(-distance / self.widths)
+        distance = self.offset + self.sign * loc[:, self.axis]  # (B, n) px
+        return torch.sigmoid((self.widths - distance) / self.edge)
 
 
 class UntunedCells(_Population):
@@ -225,7 +232,7 @@ class Phantom(nn.Module):
     def __init__(self, *, seed: int = 0, canvas: int = 224, n_place: int = 64, n_grid: int = 12,
                  n_border: int = 8, n_untuned: int = 16, place_width: float | None = None,
                  place_jitter: float = 0.0, grid_spacing: float | Sequence[float] = (48.0, 80.0),
-                 border_width: float | Sequence[float] = (12.0, 20.0), noise: float = 0.0,
+                 border_width: float | Sequence[float] = (24.0, 32.0), noise: float = 0.0,
                  noise_seed: int | None = None,
                  readout_threshold: float = 0.25, readout_gain: float = 40.0, readout_criterion: float = 0.15,
                  contrast_floor: float = 0.05, presence_scale: float = 30.0):
@@ -255,7 +262,7 @@ class Phantom(nn.Module):
         self.locate = Locate(canvas, contrast_floor, presence_scale)
         self.place = PlaceCells(centres, np.full(n_place, width), noise)
         self.grid = GridCells(spacing, orientation, phase, noise)
-        self.border = BorderCells(walls, bwidth, canvas, noise)
+        self.border = BorderCells(walls, bwidth, canvas, noise=noise)
         self.untuned = UntunedCells(baseline, noise=noise)
         self.units = Units()
         kappa = float(readout_threshold)
@@ -350,7 +357,7 @@ class Phantom(nn.Module):
                 "cell_class": var(cls.astype(str), description="planted population: " + ", ".join(POPULATIONS)),
                 "centre_x": var(cx, "px", description="place field centre x"),
                 "centre_y": var(cy, "px", description="place field centre y"),
-                "field_width": var(width, "px", description="place: Gaussian s.d.; border: decay length"),
+                "field_width": var(width, "px", description="place: Gaussian s.d.; border: half-response distance"),
                 "field_radius": var(radius, "px", description="place: radius where it drives the readout"),
                 "spacing": var(spacing, "px", description="grid: distance between neighbouring peaks"),
                 "orientation": var(orient, "degree", description="grid: angle of the first wave vector"),

@@ -158,9 +158,14 @@ def test_border_units_fire_along_their_wall(phantom):
         x = np.concatenate([near[wall][0], near[opposite][0], [112.0]])
         y = np.concatenate([near[wall][1], near[opposite][1], [112.0]])
         r = run(phantom, circles_at(x, y), ("border",))["border"][:, j]
-        expected = np.exp(-12.0 / float(border.field_width[j]))
-        np.testing.assert_allclose(r[:3], expected, atol=0.02)  # the same all along its wall
-        assert (r[3:] < 0.01).all()  # nothing at the opposite wall or the centre
+        w = float(border.field_width[j])
+        np.testing.assert_allclose(r[:3], 1 / (1 + np.exp((12.0 - w) / 4)), atol=0.01)  # the same all along
+        assert (r[3:] < 1e-6).all()  # nothing at the opposite wall or the centre
+        x, y = near[wall]
+        half = {"north": (x[:1], [w]), "south": (x[:1], [CANVAS - w]), "west": ([w], y[:1]),
+                "east": ([CANVAS - w], y[:1])}[wall]
+        r = run(phantom, circles_at(np.asarray(half[0]), np.asarray(half[1])), ("border",))["border"][0, j]
+        assert r == pytest.approx(0.5, abs=0.03)  # half response at the planted width
 
 
 def test_untuned_units_ignore_position_and_are_frozen(phantom):
