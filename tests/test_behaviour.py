@@ -16,7 +16,7 @@ PROMPTS = ["a black circle", "an empty image", "a square"]
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,9 @@ def test_zero_shot_equals_manual_computation(arch, images):
         txt = s.model.encode_text(open_clip.get_tokenizer(arch)(PROMPTS))
         img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
         manual = torch.softmax(s.model.logit_scale.exp() * img @ txt.T, dim=-1)
-    assert probs.shape == (4, 3) and probs.dtype == torch.float32
+    assert probs.shape == (2, 3) and probs.dtype == torch.float32
     torch.testing.assert_close(probs, manual, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(probs.sum(dim=1), torch.ones(4))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
     assert readout.labels == PROMPTS and readout.target == 0 and readout.kind == "zero_shot"
     assert readout.performance(probs) == pytest.approx(float(manual[:, 0].mean()))
 
@@ -61,9 +61,9 @@ def test_zero_shot_dataset(images, tmp_path):
     s = clip_subject("ViT-B-32")
     readout = make_readout(s, {"prompts": PROMPTS, "target": "an empty image"})
     probs = readout(s.forward(images)).numpy()
-    ds = readout.dataset(probs, np.array([10, 11, 12, 13]))
+    ds = readout.dataset(probs, np.array([10, 11]))
     assert ds.probability.dims == ("stimulus", "choice") and list(ds.choice.values) == PROMPTS
-    assert list(ds.stimulus.values) == [10, 11, 12, 13]
+    assert list(ds.stimulus.values) == [10, 11]
     np.testing.assert_array_equal(ds.target_probability.values, probs[:, 1])
     np.testing.assert_array_equal(ds.answer.values, np.array(PROMPTS)[probs.argmax(1)])
     np.testing.assert_array_equal(ds.correct.values, (probs.argmax(1) == 1).astype(np.int8))
