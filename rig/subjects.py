@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -123,6 +123,7 @@ class SubjectRequest:
     seed: int
     device: torch.device
     factory: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the library / factory builder
 
     @property
     def checkpoint(self) -> Path | None:
@@ -145,24 +146,28 @@ def register_source(name: str, builder: Builder) -> None:
 
 
 def load_subject(source: str, arch: str | None = None, weights: str = "random", seed: int = 0,
-                 device: str | torch.device = "auto", factory: str | None = None) -> Subject:
+                 device: str | torch.device = "auto", factory: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> Subject:
     """Build a subject. `source`: `open_clip | timm | torchvision | factory | phantom` (or registered).
 
     `arch`: the library's model name (`ViT-B-32`, `RN50`, `resnet18`, ...); `weights`: `"random"`, a library
     tag (`"openai"`, `"pretrained"`, `"IMAGENET1K_V1"`, ...) or a local checkpoint path; `factory`:
-    `"package.module:callable"` for `source="factory"`. Raises `SubjectError` with what to do.
+    `"package.module:callable"` for `source="factory"`; `options`: keyword arguments passed on to the builder
+    (`timm.create_model`, `torchvision.models.get_model`, `open_clip.create_model_and_transforms`, or the
+    factory), e.g. `{"num_classes": 10}` or `{"force_quick_gelu": True}`. Raises `SubjectError` with what to do.
     """
+    opts = dict(options or {})
     req_device = resolve_device(device)
     weights = str(weights)
     if source in FACTORY_SOURCES and source not in SOURCES:
-        req = SubjectRequest(source, arch, weights, int(seed), req_device, factory or FACTORY_SOURCES[source])
+        req = SubjectRequest(source, arch, weights, int(seed), req_device, factory or FACTORY_SOURCES[source], opts)
         return _build_factory(req)
     if source not in SOURCES:
         known = sorted([*SOURCES, *FACTORY_SOURCES])
         raise SubjectError(f"unknown subject source {source!r}; use one of {', '.join(known)}")
     if source == "factory" and not factory:
         raise SubjectError("source = \"factory\" needs factory = \"package.module:callable\"")
-    return SOURCES[source](SubjectRequest(source, arch, weights, int(seed), req_device, factory))
+    return SOURCES[source](SubjectRequest(source, arch, weights, int(seed), req_device, factory, opts))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -258,6 +263,13 @@ def _unknown_arch(source: str, arch: str, names: Sequence[str]) -> SubjectError:
     return SubjectError(f"unknown {source} arch {arch!r}; {hint}")
 
 
+def _bad_options(label: str, req: SubjectRequest, error: TypeError) -> SubjectError:
+    if not req.options:
+        return SubjectError(f"cannot build {label}: TypeError: {str(error).splitlines()[0][:200]}")
+    return SubjectError(f"{label} does not accept the options {sorted(req.options)} ({str(error).splitlines()[0]}); "
+                        "fix [subject] options")
+
+
 def _hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
 
@@ -336,9 +348,9 @@ def _build_open_clip(req: SubjectRequest) -> Subject:
                            ", \"random\", or a checkpoint path")
     try:
         with seeded(req.seed), _quiet(), _hub_guard():
-            model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag)
-    except SubjectError:
-        raise
+            model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag, **req.options)
+    except TypeError as e:
+        raise _bad_options(f"open_clip {arch}", req, e) from None
     except Exception as e:  # hub / URL failures, offline
         if tag is None:
             raise SubjectError(f"cannot build open_clip {arch}: {str(e).splitlines()[0][:200]}") from None
@@ -378,7 +390,9 @@ def _build_timm(req: SubjectRequest) -> Subject:
                                f"{', '.join(tags[:8]) or '(none)'}, \"random\", or a checkpoint path")
     try:
         with seeded(req.seed), _quiet(), _hub_guard():
-            model = timm.create_model(name, pretrained=pretrained)
+            model = timm.create_model(name, pretrained=pretrained, **req.options)
+    except TypeError as e:
+        raise _bad_options(f"timm {arch}", req, e) from None
     except Exception as e:
         if not pretrained:
             raise SubjectError(f"cannot build timm {arch}: {str(e).splitlines()[0][:200]}") from None
@@ -422,7 +436,9 @@ def _build_torchvision(req: SubjectRequest) -> Subject:
                                f"{', '.join(w.name for w in enum)}, \"random\", or a checkpoint path") from None
     try:
         with seeded(req.seed), _quiet():
-            model = get_model(arch, weights=weights)
+            model = get_model(arch, weights=weights, **req.options)
+    except TypeError as e:
+        raise _bad_options(f"torchvision {arch}", req, e) from None
     except Exception as e:  # URLError offline, hash mismatch
         if weights is None:
             raise SubjectError(f"cannot build torchvision {arch}: {str(e).splitlines()[0][:200]}") from None
@@ -468,7 +484,7 @@ def _build_factory(req: SubjectRequest) -> Subject:
             raise SubjectError(f"factory {spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
         raise SubjectError(f"factory {spec!r}: {attr!r} is not callable")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(req.options)
     try:
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -486,6 +502,8 @@ def _build_factory(req: SubjectRequest) -> Subject:
             built = fn(**kwargs)
         except SubjectError:
             raise
+        except TypeError as e:
+            raise _bad_options(f"factory {spec!r}", req, e) from None
         except Exception as e:
             raise SubjectError(f"factory {spec!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
                 from None

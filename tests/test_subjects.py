@@ -357,3 +357,14 @@ def test_weights_hash_tracks_parameters():
         b.model.head.bias[0] += 1
     assert b.weights_hash() != h
     assert a.describe()["n_parameters"] == sum(p.numel() for p in a.model.parameters())
+
+
+def test_options_reach_the_builder():
+    s = load_subject("timm", "resnet18", device="cpu", options={"num_classes": 7})
+    assert s.forward(torch.rand(1, 3, 224, 224)).shape == (1, 7) and s.class_names is None
+    t = load_subject("torchvision", "resnet18", device="cpu", options={"num_classes": 3})
+    assert t.forward(torch.rand(1, 3, 224, 224)).shape == (1, 3) and t.class_names is None
+    p = load_subject("phantom", device="cpu", options={"n_place": 9})
+    assert p.model.populations["place"] == slice(0, 9)
+    with pytest.raises(SubjectError, match=r"does not accept the options \['bogus'\]"):
+        load_subject("factory", factory="subject_factories:build", device="cpu", options={"bogus": 1})
