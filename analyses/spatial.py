@@ -24,6 +24,7 @@ from analyses.ratemaps import AnalysisInputError, rate_transform
 MapsLike = Any  # np.ndarray | xr.DataArray, last two axes (y, x)
 
 GRID_ANGLES = (30, 60, 90, 120, 150)  # degrees, counter-clockwise as skimage.transform.rotate
+_FIELD_WINDOW = 10  # half-width (bins) of the first, cheaper centre-field search
 _EXPAND_THRESHOLDS = np.round(np.linspace(0.95, 0.2, int((0.95 - 0.2) / 0.02) + 1), 2)
 
 
@@ -256,31 +257,54 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     fmap = _iterate(marker, lambda cur, act: np.minimum(
         ndimage.maximum_filter(cur, size=(1, 3, 3), mode="nearest"), acorr[act]))
     peak = fmap[:, ch, cw].copy()
-    floor_ = peak * 0.2
-    gated = np.where(fmap >= floor_[:, None, None], fmap, -np.inf)
+    half = _FIELD_WINDOW
+    if min(ch, cw, h - 1 - ch, w - 1 - cw) > half:
+        # search in a central window first: exact whenever the field never reaches the window's edge
+        win = fmap[:, ch - half:ch + half + 1, cw - half:cw + half + 1]
+        area, touched = _field_area(win, peak, window=True)
+        if touched.any():
+            area[touched] = _field_area(fmap[touched], peak[touched], window=False)[0]
+    else:
+        area = _field_area(fmap, peak, window=False)[0]
+    with np.errstate(invalid="ignore"):
+        area[area < 5] = np.nan
+        return np.floor(np.sqrt(area / np.pi))
+
+
+def _field_area(fmap: np.ndarray, peak: np.ndarray, window: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Final centre-field area (NaN when the search fails) and, with `window`, whether the field touched the
+    edge of `fmap` at an evaluated threshold (then the window result is not trusted)."""
+    b, h, w = fmap.shape
+    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
+    gated = np.where(fmap >= (peak * 0.2)[:, None, None], fmap, -np.inf)
     level = np.full_like(fmap, -np.inf)
     level[:, ch, cw] = gated[:, ch, cw]
     level = _iterate(level, lambda cur, act: np.minimum(_dilate_cross(cur), gated[act]))
     escape = np.full_like(level, np.inf)
-    for sl in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0),
-               (slice(None), slice(None), -1)):
+    edges = ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0), (slice(None), slice(None), -1))
+    for sl in edges:
         escape[sl] = level[sl]
     escape = _iterate(escape, lambda cur, act: np.minimum(np.maximum(_erode_cross(cur), level[act]), cur))
+    edge_level = np.max([level[sl].max(axis=1) for sl in edges], axis=0)
     lv = level.reshape(b, -1)
     es = escape.reshape(b, -1)
+    touched = np.zeros(b, dtype=bool)
 
     def area_bad(t: float) -> tuple[np.ndarray, np.ndarray]:
         thr = (peak * t)[:, None]
         inside = lv >= thr
+        if window:
+            touched[:] |= ~stopped & (edge_level >= thr[:, 0])
         return inside.sum(1).astype(np.float64), ((~inside) & (es >= thr)).any(1)
 
+    stopped = ~np.isfinite(peak) | (peak <= 0)
     a1, bad1 = area_bad(0.95)
     a2, bad2 = area_bad(0.93)
     with np.errstate(invalid="ignore", divide="ignore"):
         growth = a2 / a1
         last = a2.copy()
         result = np.full(b, np.nan)
-        stopped = bad1 | bad2 | ~np.isfinite(peak) | (peak <= 0)
+        stopped |= bad1 | bad2
         n_decrease = np.zeros(b, dtype=np.int64)
         n_same = np.zeros(b, dtype=np.int64)
         for k, t in enumerate(_EXPAND_THRESHOLDS):
@@ -295,8 +319,7 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
             last = np.where(stopped, last, area)
         result[~stopped] = last[~stopped]
         result[bad1 | bad2] = np.nan
-        result[result < 5] = np.nan
-        return np.floor(np.sqrt(result / np.pi))
+    return result, touched
 
 
 def _rotation_gather(shape: tuple[int, int], angles: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
