@@ -364,7 +364,10 @@ def _read_scales(part: Path) -> dict[str, tuple[float, float]]:
 
 # ----------------------------------------------------------------------------------------------- merging
 def _chunks(shape: tuple[int, ...], layout: str, itemsize: int, shard_size: int) -> tuple[int, ...]:
-    """Chunk shape (stimulus first): (250, all tokens, 16 units) / (250, 16, H, W) / (250, 16), capped in bytes."""
+    """Chunk shape (stimulus first): (250, all tokens, 16 units) / (250, 16, H, W) / (250, 16), capped in bytes.
+
+    `shard_size`: stimuli per shard (or fewer, for a recording of fewer stimuli): chunks never exceed it.
+    """
     stim = min(CHUNK_STIMULI, shard_size)
     per = list(shape)
     unit_axis = len(per) - 1 if layout == "tokens" else 0
@@ -403,11 +406,12 @@ def _merge(parts: Path, shards: list[tuple[int, int]], plans: list[_Plan], path:
                         var[:] = v
                     if k != p.dims[0]:
                         extra.append(k)
-            chunks = _chunks(p.shape, p.info.layout, itemsize, settings["shard_size"])
+            chunks = _chunks(p.shape, p.info.layout, itemsize, min(settings["shard_size"], len(stim_index)))
             var = out.createVariable(p.info.name, "f4" if itemsize == 4 else "i2", ("stimulus",) + p.dims,
                                      chunksizes=chunks, zlib=compression, complevel=1 if compression else None,
                                      fill_value=None if itemsize == 4 else np.int16(INT16_FILL))
             var.set_auto_maskandscale(False)
+            var.set_var_chunk_cache(size=CHUNK_BYTES, preemption=1.0)   # whole chunks are written: no big cache
             var.coordinates = " ".join(coord_names + extra)
             var.layout, var.module_type = p.info.layout, p.info.type
             if p.squeeze:

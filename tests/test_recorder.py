@@ -172,8 +172,8 @@ def test_dtype_errors(vit, circles, tmp_path):
 
 def test_chunking_and_unlimited_stimulus_dim(tmp_path):
     subject = StandInSubject(SmallCNN(), input_size=64)
-    st = stimuli.circles(n=3, canvas=64, diameter=(4, 8), seed=0)
-    path = record(subject, st, ["conv", "fc"], tmp_path / "c.nc", batch_size=2, progress=False)
+    st = stimuli.circles(n=260, canvas=64, diameter=(4, 8), seed=0)
+    path = record(subject, st, ["conv", "fc"], tmp_path / "c.nc", batch_size=64, progress=False)
     tok = StandInSubject(TokenNet(), input_size=8)
     path2 = record(tok, stimuli.circles(n=3, canvas=8, diameter=(2, 4), seed=0), ["bat5"], tmp_path / "t.nc",
                    tokens="all", progress=False)
@@ -181,7 +181,8 @@ def test_chunking_and_unlimited_stimulus_dim(tmp_path):
         assert nc.dimensions["stimulus"].isunlimited()
         assert nc.variables["conv"].chunking() == [250, 4, 15, 15]
         assert nc.variables["fc"].chunking() == [250, 5]
-        assert nc2.variables["bat5"].chunking() == [250, 5, 4]
+        assert nc.dimensions["stimulus"].size == 260
+        assert nc2.variables["bat5"].chunking() == [3, 5, 4]          # 3 stimuli: chunks no longer than that
     from rig.recorder import _chunks
     assert _chunks((50, 768), "tokens", 4, 500) == (250, 50, 16)          # ViT-B-32 all tokens: 800 kB
     assert _chunks((768, 56, 56), "conv", 4, 500) == (250, 1, 56, 56)     # large maps: fewer units per chunk
