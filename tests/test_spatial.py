@@ -129,3 +129,17 @@ def test_scores_keep_leading_dims_and_accept_xarray(ref, maps):
     np.testing.assert_allclose(b.ravel(), border_score(maps[:12]))
     si = spatial_information(da, ref["occupancy"][0])
     assert si.dims == ("site", "unit") and si.attrs["rate"] == "none"
+
+
+def test_figures_render(ref, maps, tmp_path):
+    from analyses.spatial_figures import compare_preparations, score_distributions, top_units_figure
+    site_maps = {"block.0": maps[:20], "block.1": maps[20:40]}
+    scores = {s: {"spatial_information": spatial_information(m, ref["occupancy"][0]),
+                  "grid_score": grid_score(m), "border_score": border_score(m)} for s, m in site_maps.items()}
+    fig = top_units_figure(site_maps, scores, k=5, title="top units")
+    assert len(fig.axes) == 2 * 15
+    # the first grid column of row 0 shows the unit with the highest grid score
+    best = int(np.nanargmax(scores["block.0"]["grid_score"]))
+    assert fig.axes[5].get_title().startswith(f"{best}:")
+    fig.savefig(tmp_path / "top.png")
+    assert score_distributions(scores).axes and compare_preparations(scores["block.0"], scores["block.1"]).axes
