@@ -7,7 +7,9 @@
 Weights: `"random"` builds the library's own initialisation under a forked, seeded torch RNG (no global RNG
 state leaks; same seed -> identical parameters). A library tag loads through the library (offline: a
 `SubjectError` names where it looked and how to pass a local file). A path ending in `.pt/.pth/.bin/
-.safetensors` is a local checkpoint (plain state dict, or a dict with `state_dict` / `model`), loaded strictly.
+.safetensors` is a local checkpoint (plain state dict, or a dict with `state_dict` / `model`), loaded strictly
+into the randomly built `arch` (for OpenAI CLIP weights use the `-quickgelu` arch, e.g. `ViT-B-32-quickgelu`,
+as open_clip's `"openai"` tag does).
 """
 from __future__ import annotations
 
@@ -75,7 +77,11 @@ class Subject:
 
     def forward(self, images: torch.Tensor | np.ndarray) -> Any:
         """`encode_image(preprocess(images))` under `no_grad`; `images` float `(B, 3, H, W)` in [0, 1]."""
-        x = torch.as_tensor(images).to(self.device, torch.float32)
+        x = torch.as_tensor(images)
+        if not x.is_floating_point():
+            raise SubjectError(f"{self.name}: images must be floats in [0, 1], got {x.dtype}; divide uint8 images "
+                               "by 255")
+        x = x.to(self.device, torch.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise SubjectError(f"{self.name}: images must be (B, 3, H, W) floats in [0, 1], got shape "
                                f"{tuple(x.shape)}")

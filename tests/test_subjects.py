@@ -324,10 +324,12 @@ def test_phantom_source_maps_to_its_factory():
 
 
 def test_register_source_extends_the_table(monkeypatch):
-    monkeypatch.setitem(SOURCES, "mine", lambda req: load_subject("factory", factory="subject_factories:build",
-                                                                   seed=req.seed, device=req.device))
+    import rig.subjects as subjects
+
+    monkeypatch.setattr(subjects, "SOURCES", dict(SOURCES))  # undone after the test
+    register_source("mine", lambda req: load_subject("factory", factory="subject_factories:build", seed=req.seed,
+                                                     device=req.device))
     assert load_subject("mine", seed=2, device="cpu").input_size == 32
-    register_source  # the public way to do the same  # noqa: B018
     with pytest.raises(SubjectError, match="unknown subject source 'nope'"):
         load_subject("nope", "x")
 
@@ -346,6 +348,8 @@ def test_devices():
 def test_forward_rejects_wrong_image_shape(resnet18_timm):
     with pytest.raises(SubjectError, match=r"\(B, 3, H, W\)"):
         resnet18_timm.forward(torch.rand(3, 224, 224))
+    with pytest.raises(SubjectError, match="floats in"):
+        resnet18_timm.forward(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
 
 
 def test_weights_hash_tracks_parameters():
