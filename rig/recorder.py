@@ -96,7 +96,7 @@ def record(subject: Any, stimulus_set: Any, sites: str | Sequence[str], path: st
     n = len(stimulus_set)
     if n == 0:
         raise RigError("the stimulus set is empty; generate stimuli with n > 0")
-    infos = catalogue(subject)
+    infos = catalogue(subject, tuple(stimulus_set.render(np.arange(1)).shape[-2:]))
     by_name = {i.name: i for i in infos}
     names = select_sites(subject, sites, infos)
     plans = _plan_sites([by_name[s] for s in names], tokens)
@@ -286,6 +286,9 @@ def _record_shard(subject: Any, stimulus_set: Any, plans: list[_Plan], shard: tu
                 nc.variables[_PROB][start - a:stop - a] = probs
             for name, var in variables.items():
                 x = captured[name].numpy()
+                if x.shape[1:] != var.shape[1:]:
+                    raise SiteError(f"site {name!r} gave shape {x.shape[1:]} per stimulus at stimulus {start}, not "
+                                    f"{var.shape[1:]} as when probed; record sites whose shape does not change")
                 if dtype == "int16":
                     if name not in scales:
                         scales[name] = _int16_scale(x)

@@ -95,13 +95,15 @@ def batch_first(x: torch.Tensor, info: SiteInfo) -> torch.Tensor:
     return x
 
 
-def catalogue(subject: Any) -> list[SiteInfo]:
+def catalogue(subject: Any, image_size: tuple[int, int] | None = None) -> list[SiteInfo]:
     """Every module of `subject.model` that produces a tensor on the image path, in model (registration) order.
 
-    Two probe forward passes (batch sizes 2 and 3, seeded random images of `subject.input_size` pixels) with
-    hooks on every module; modules that never fire (e.g. a text tower, `MultiheadAttention.out_proj`) are left
-    out, and so are outputs whose batch axis cannot be found or whose rank is not 1-4.
+    Two probe forward passes (batch sizes 2 and 3, seeded random images of `image_size` `(H, W)` pixels,
+    default `subject.input_size` square) with hooks on every module; modules that never fire (e.g. a text
+    tower, `MultiheadAttention.out_proj`) are left out, and so are outputs whose batch axis cannot be found or
+    whose rank is not 1-4. Pass the stimuli's size when the subject does not resize (shapes depend on it).
     """
+    height, width = image_size if image_size is not None else (subject.input_size, subject.input_size)
     model: nn.Module = subject.model
     names = [n for n, _ in model.named_modules() if n]
     shapes: dict[int, dict[str, list[tuple[tuple[int, ...], bool]]]] = {}
@@ -110,7 +112,7 @@ def catalogue(subject: Any) -> list[SiteInfo]:
         handles = [m.register_forward_hook(_probe_hook(n, seen)) for n, m in model.named_modules() if n]
         try:
             g = torch.Generator().manual_seed(b)
-            images = torch.rand(b, 3, subject.input_size, subject.input_size, generator=g)
+            images = torch.rand(b, 3, height, width, generator=g)
             subject.forward(images.to(subject.device))
         finally:
             for h in handles:

@@ -11,16 +11,15 @@ from torch import nn
 import stimuli
 from rig.errors import RigError
 from rig.recorder import open_recording, record
-from test_sites import StandInSubject, TokenNet
+from rig.subjects import load_subject
+from test_sites import factory
 
 ATTN = ["visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.11.attn"]
 
 
 @pytest.fixture(scope="module")
 def vit():
-    import open_clip
-    torch.manual_seed(0)  # open_clip's random init reads the global RNG; the tests only need some weights
-    return StandInSubject(open_clip.create_model("ViT-B-32", pretrained=None), 224, "open_clip:ViT-B-32:random")
+    return load_subject("open_clip", "ViT-B-32", weights="random", seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,6 @@ class SmallCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(3)
         self.conv = nn.Conv2d(3, 4, 5, stride=4)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(2)
@@ -86,8 +84,8 @@ class SmallCNN(nn.Module):
 
 
 def test_conv_and_flat_sites_equal_manual_forward(circles, tmp_path):
-    net = SmallCNN()
-    subject = StandInSubject(net, input_size=224)
+    subject = factory("test_recorder:SmallCNN")
+    net = subject.model
     path = record(subject, circles, ["conv", "fc"], tmp_path / "cnn.nc", batch_size=4, progress=False)
     with torch.no_grad():
         x = subject.preprocess(torch.from_numpy(circles.render()))
@@ -103,8 +101,8 @@ def test_conv_and_flat_sites_equal_manual_forward(circles, tmp_path):
 
 
 def test_seq_first_batch_first_and_tuple_outputs(tmp_path):
-    net = TokenNet()
-    subject = StandInSubject(net, input_size=8)
+    subject = factory("TokenNet")
+    net = subject.model
     st = stimuli.circles(n=5, canvas=8, diameter=(2, 4), seed=0)
     path = record(subject, st, ["seq3", "seq5", "bat3", "bat5"], tmp_path / "tok.nc", tokens="all", batch_size=3,
                   progress=False)
@@ -137,28 +135,39 @@ def test_int16_round_trip_within_half_a_step(vit, circles, vit_truth, tmp_path):
     ds.close()
 
 
-class Growing(nn.Module):
-    """A flat site whose output grows by 100 per call: later batches overflow the first batch's int16 range."""
+class Grow(nn.Module):
+    """Adds 100 per call: later batches overflow the first batch's int16 range."""
 
     def __init__(self):
         super().__init__()
-        self.lin = nn.Linear(3, 2)
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.lin(x.mean(dim=(2, 3))) + 100.0 * self.calls
+        return x + 100.0 * self.calls
+
+
+class Growing(nn.Module):
+    """A flat site `lin` whose output grows from batch to batch."""
+
+    input_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.pre, self.lin = nn.Linear(3, 2), Grow()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.pre(x.mean(dim=(2, 3))))
 
 
 def test_int16_overflow_is_clipped_and_flagged(tmp_path):
-    subject = StandInSubject(nn.Sequential(Growing()), input_size=8)
+    subject = factory("test_recorder:Growing")
     st = stimuli.circles(n=6, canvas=8, diameter=(2, 4), seed=0)
-    subject.model[0].calls = -100   # catalogue probes run first; restart the count for the recording
     with pytest.warns(UserWarning, match="clipped"):
-        path = record(subject, st, ["0"], tmp_path / "g.nc", dtype="int16", batch_size=2, progress=False)
+        path = record(subject, st, ["lin"], tmp_path / "g.nc", dtype="int16", batch_size=2, progress=False)
     with netCDF4.Dataset(path) as nc:
-        assert int(nc.variables["0"].n_clipped) == 8   # batches 2 and 3 (4 stimuli x 2 units) out of range
-        raw = nc.variables["0"]
+        assert int(nc.variables["lin"].n_clipped) == 8   # batches 2 and 3 (4 stimuli x 2 units) out of range
+        raw = nc.variables["lin"]
         raw.set_auto_maskandscale(False)
         assert np.abs(raw[:]).max() == 32767
 
@@ -171,10 +180,10 @@ def test_dtype_errors(vit, circles, tmp_path):
 
 
 def test_chunking_and_unlimited_stimulus_dim(tmp_path):
-    subject = StandInSubject(SmallCNN(), input_size=64)
+    subject = factory("test_recorder:SmallCNN")
     st = stimuli.circles(n=260, canvas=64, diameter=(4, 8), seed=0)
     path = record(subject, st, ["conv", "fc"], tmp_path / "c.nc", batch_size=64, progress=False)
-    tok = StandInSubject(TokenNet(), input_size=8)
+    tok = factory("TokenNet")
     path2 = record(tok, stimuli.circles(n=3, canvas=8, diameter=(2, 4), seed=0), ["bat5"], tmp_path / "t.nc",
                    tokens="all", progress=False)
     with netCDF4.Dataset(path) as nc, netCDF4.Dataset(path2) as nc2:
@@ -193,8 +202,8 @@ class Boom(Exception):
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    net = SmallCNN()
-    subject = StandInSubject(net, input_size=32)
+    subject = factory("test_recorder:SmallCNN")
+    net = subject.model
     st = stimuli.circles(n=11, canvas=32, diameter=(4, 10), seed=2)
     want = record(subject, st, ["conv", "fc"], tmp_path / "ref.nc", batch_size=2, shard_size=4, progress=False)
 
@@ -254,8 +263,7 @@ class Readout:
 
 
 def test_behaviour_from_the_same_forward_pass(circles, tmp_path):
-    net = SmallCNN()
-    subject = StandInSubject(net, input_size=224)
+    subject = factory("test_recorder:SmallCNN")
     path = record(subject, circles, ["fc"], tmp_path / "rec.nc", readout=Readout(), batch_size=4, shard_size=4,
                   progress=False)
     beh = xr.open_dataset(tmp_path / "behaviour.nc")

@@ -8,24 +8,12 @@ from torch import nn
 
 from rig.errors import SiteError
 from rig.sites import catalogue, format_catalogue, select_sites, token_indices
+from rig.subjects import load_subject
 
 
-class StandInSubject:
-    """The `Subject` contract of docs/architecture.md around any module (input already at `input_size`)."""
-
-    def __init__(self, model: nn.Module, input_size: int = 224, name: str = "standin"):
-        self.model, self.input_size, self.name = model.eval(), input_size, name
-        self.device = torch.device("cpu")
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        return images * 2.0 - 1.0
-
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(x) if hasattr(self.model, "encode_image") else self.model(x)
-
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.encode_image(self.preprocess(images01))
+def factory(name: str):
+    """A factory subject built by `load_subject` from a callable `module:name` (default module: this one)."""
+    return load_subject("factory", factory=name if ":" in name else f"test_sites:{name}", device="cpu")
 
 
 class Tokens(nn.Module):
@@ -45,6 +33,8 @@ class Tokens(nn.Module):
 class TokenNet(nn.Module):
     """Four token sites: seq-first and batch-first, each with T = 3 (== a probe batch size) and T = 5."""
 
+    input_size = 8
+
     def __init__(self):
         super().__init__()
         self.seq3, self.seq5 = Tokens(3, seq_first=True), Tokens(5, seq_first=True, as_tuple=True)
@@ -55,12 +45,24 @@ class TokenNet(nn.Module):
         return a.sum(0) + b.sum(0) + self.bat3(x).sum(1) + self.bat5(x).sum(1)
 
 
+def four_tokens() -> nn.Module:
+    """Batch-first, 4 tokens (a 2x2 grid, no CLS)."""
+    net = nn.Sequential(Tokens(4))
+    net.input_size = 8
+    return net
+
+
+def timm_registers() -> nn.Module:
+    """timm ViT with CLS + 2 register tokens and a 4x4 patch grid."""
+    import timm
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=2, img_size=64)
+    net.input_size = 64
+    return net
+
+
 @pytest.fixture(scope="module")
 def vit():
-    import open_clip
-    torch.manual_seed(0)  # open_clip's random init reads the global RNG; the tests only need some weights
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    subject = StandInSubject(model, 224, "open_clip:ViT-B-32:random")
+    subject = load_subject("open_clip", "ViT-B-32", weights="random", seed=0, device="cpu")
     return subject, catalogue(subject)
 
 
@@ -89,7 +91,7 @@ def test_token_positions_cls_then_row_major_grid(vit):
 @pytest.mark.parametrize("name,t,seq_first", [("seq3", 3, True), ("seq5", 5, True), ("bat3", 3, False),
                                               ("bat5", 5, False)])
 def test_seq_first_detected_not_assumed(name, t, seq_first):
-    infos = {i.name: i for i in catalogue(StandInSubject(TokenNet(), input_size=8))}
+    infos = {i.name: i for i in catalogue(factory("TokenNet"))}
     info = infos[name]
     assert (info.layout, info.shape, info.seq_first) == ("tokens", (t, 4), seq_first)
     assert info.tuple_output == (name == "seq5")
@@ -102,10 +104,7 @@ def test_seq_first_detected_not_assumed(name, t, seq_first):
 
 
 def test_timm_grid_from_patch_embed():
-    import timm
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=2,
-                              class_token=True, img_size=64)
-    infos = {i.name: i for i in catalogue(StandInSubject(model, input_size=64))}
+    infos = {i.name: i for i in catalogue(factory("timm_registers"))}
     info = infos["blocks.0"]
     assert (info.shape[0], info.grid, info.n_prefix) == (1 + 2 + 16, (4, 4), 3)
     assert info.token_positions()[0][:4].tolist() == [-1, -1, -1, 0]
@@ -142,10 +141,10 @@ def test_token_indices(vit):
 
 
 def test_cls_refused_without_prefix_token():
-    info = {i.name: i for i in catalogue(StandInSubject(TokenNet(), input_size=8))}["bat3"]
+    info = {i.name: i for i in catalogue(factory("TokenNet"))}["bat3"]
     with pytest.raises(SiteError, match="tokens='all'"):
         token_indices(info, "patches")
-    info4 = catalogue(StandInSubject(nn.Sequential(Tokens(4)), input_size=8))[0]   # 4 tokens = 2x2, no CLS
+    info4 = catalogue(factory("four_tokens"))[0]   # 4 tokens = 2x2, no CLS
     assert (info4.grid, info4.n_prefix) == ((2, 2), 0)
     assert token_indices(info4, "patches").tolist() == [0, 1, 2, 3]
     with pytest.raises(SiteError, match="no CLS token"):
