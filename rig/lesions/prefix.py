@@ -221,15 +221,18 @@ class PrefixRunner:
         with self._substituted(self.split, cached):
             return self._forward(np.zeros(shape, np.float32))
 
-    def _capture(self, images: np.ndarray, split: BlockSplit, order: list[int] | None = None):
-        """Input (args, kwargs) of block `split` for `images`, starting from the current cache if usable."""
+    def _capture(self, images: np.ndarray, split: BlockSplit, order: list[int] | None = None,
+                 full: list | None = None):
+        """Input (args, kwargs) of block `split` for `images`; the forward stops there unless `full` is a list,
+        which then receives the full forward's output (used to verify the cached path at no extra cost)."""
         container = self._container(split)
         keys = list(container._modules)
         store: dict[str, Any] = {}
 
         def grab(m: nn.Module, args: tuple, kwargs: dict):
             store["input"] = (_to(args, self.device, clone=True), _to(kwargs, self.device, clone=True))
-            raise _Stop
+            if full is None:
+                raise _Stop
 
         handles = []
         if order is not None:  # registered first, so they run before `grab` stops the forward
@@ -240,7 +243,9 @@ class PrefixRunner:
         handles.append(container._modules[split.key].register_forward_pre_hook(grab, with_kwargs=True))
         try:
             with torch.no_grad():
-                self._forward(images)
+                out = self._forward(images)
+            if full is not None:
+                full.append(out)
         except _Stop:
             pass
         finally:
@@ -255,7 +260,8 @@ class PrefixRunner:
         )
         old_split, old_entries, old_tmp = self.split, self._entries, self._tmp
         self._entries, self._tmp, used = [], None, 0
-        first_images = None
+        first_images, first_out = None, []
+        verify = split.container not in self._verified
         try:
             for b, (idx, images) in enumerate(self.source.batches(self.batch_size)):
                 order: list[int] | None = [] if (b == 0 and not progressive) else None
@@ -264,11 +270,11 @@ class PrefixRunner:
                     with self._substituted(old_split, self._load(payload)):
                         cached = self._capture(np.zeros(shape, np.float32), split)
                 else:
-                    cached = self._capture(images, split, order)
+                    cached = self._capture(images, split, order, first_out if (b == 0 and verify) else None)
                 reason = None
                 if cached is None:
                     reason = "the block did not run"
-                elif order is not None and order != list(range(split.index + 1)):
+                elif order is not None and (order != list(range(len(order))) or len(order) <= split.index):
                     reason = f"blocks of {split.container!r} ran in order {order}, not in sequence"
                 if reason is not None:
                     self._set_fallback(reason)
@@ -283,7 +289,7 @@ class PrefixRunner:
         self.split, self.fallback = split, None
         if split.container not in self._verified:
             with torch.no_grad():
-                full = self._forward(first_images)
+                full = first_out[0] if first_out else self._forward(first_images)
                 part = self._suffix_forward(tuple(first_images.shape), self._load(self._entries[0][2]))
             if full.shape != part.shape or not torch.allclose(full, part, rtol=1e-4, atol=1e-5):
                 self._set_fallback(f"cached suffix of {split.container!r} differs from the full forward")

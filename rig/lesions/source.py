@@ -6,7 +6,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rig.errors import StimulusError
+from stimuli.base import StimulusError
 
 
 class StimulusSource:
