@@ -169,13 +169,13 @@ def test_border_units_fire_along_their_wall(phantom):
 
 
 def test_untuned_units_ignore_position_and_are_frozen(phantom):
-    s = stimuli.circles(n=300, seed=5)
+    s = stimuli.circles(n=200, seed=5)
     images = s.render()
     r = run(phantom, images, ("untuned",))["untuned"]
     x, y = s.params.x.values, s.params.y.values
     for coord in (x, y, np.hypot(x - 112, y - 112)):
         corr = np.corrcoef(np.column_stack([coord, r]).T)[0, 1:]
-        assert np.abs(corr).max() < 0.25  # 300 stimuli: |r| of independent variables < 0.2 almost surely
+        assert np.abs(corr).max() < 0.3  # 200 stimuli: |r| of independent variables < 0.3 but 1 in 10^4
     assert (r.std(0) > 0.1 * r.mean(0)).all()  # they do vary, from image to image
     again = run(phantom, images[::-1].copy(), ("untuned",))["untuned"][::-1]
     np.testing.assert_array_equal(r, again)  # the same image gives the same answer, in any batch
@@ -202,7 +202,7 @@ def test_noise_is_seeded_frozen_and_of_the_requested_size():
 
 
 def test_readout_detects_stimuli_and_says_empty_on_blank_images(phantom):
-    s = stimuli.circles(n=200, seed=7)
+    s = stimuli.circles(n=100, seed=7)
     p = run(phantom, s.render())["p_stimulus"]
     assert (p > 0.99).all()
     blanks = np.concatenate([np.ones((2, 3, CANVAS, CANVAS)), np.zeros((1, 3, CANVAS, CANVAS)),
@@ -227,46 +227,47 @@ def test_every_position_lies_in_some_place_field(n_place):
     assert (covered >= 1).all()
 
 
-def _region_stimuli(seed: int = 11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s = stimuli.circles(n=600, diameter=(20, 40), seed=seed)
-    return s.render(), s.params.x.values, s.params.y.values
-
-
-def test_silencing_the_place_units_covering_a_region_abolishes_detection_there_only(phantom):
-    images, x, y = _region_stimuli()
+@pytest.fixture(scope="module")
+def region(phantom) -> dict:
+    """400 small circles, the intact units and behaviour, and the units covering the top-left quadrant."""
+    s = stimuli.circles(n=400, diameter=(20, 40), seed=11)
+    images = s.render()
     g = np.linspace(0, 112, 57)
-    target = phantom.covering(*np.meshgrid(g, g))  # units whose fields cover the top-left quadrant
+    x, y = s.params.x.values, s.params.y.values
+    return {"images": images, "x": x, "y": y, "in_region": (x < 112) & (y < 112), **run(phantom, images),
+            "target": phantom.covering(*np.meshgrid(g, g))}  # units whose fields cover the quadrant
+
+
+def test_silencing_the_place_units_covering_a_region_abolishes_detection_there_only(phantom, region):
+    target, in_region, intact = region["target"], region["in_region"], region["p_stimulus"]
     assert 0 < target.sum() < phantom.place.n
-    in_region = (x < 112) & (y < 112)
-    far = np.hypot(np.maximum(x - 112, 0), np.maximum(y - 112, 0)) > 2 * phantom.field_radius
-    intact = run(phantom, images)["p_stimulus"]
+    far = np.hypot(np.maximum(region["x"] - 112, 0), np.maximum(region["y"] - 112, 0)) > 2 * phantom.field_radius
     with silenced(phantom, target):
-        lesioned = run(phantom, images)["p_stimulus"]
-    assert in_region.sum() > 50 and far.sum() > 100
+        lesioned = run(phantom, region["images"])["p_stimulus"]
+    assert in_region.sum() > 50 and far.sum() > 50
     assert (intact > 0.99).all()
     assert (lesioned[in_region] < 0.01).all()  # abolished everywhere in the region
     np.testing.assert_array_equal(lesioned[far], intact[far])  # untouched where no silenced field reaches
     # in between, within two field radii of the region, detection fades as the remaining fields thin out
 
 
-def test_random_silencing_of_as_many_units_degrades_detection_less(phantom):
-    images, x, y = _region_stimuli()
-    in_region = (x < 112) & (y < 112)
-    g = np.linspace(0, 112, 57)
-    target = phantom.covering(*np.meshgrid(g, g))
+def test_random_silencing_of_as_many_units_degrades_detection_less(phantom, region):
+    target, in_region = region["target"], region["in_region"]
+    units = torch.from_numpy(region["units"][in_region])
     k = int(target.sum())
-    with silenced(phantom, target):
-        targeted = run(phantom, images[in_region])["p_stimulus"].mean()
-    units = torch.from_numpy(run(phantom, images[in_region])["units"])
+
+    def p_region(silence: np.ndarray) -> float:  # silencing units only acts downstream: re-run the readout
+        with torch.no_grad():
+            return phantom.readout(units * torch.from_numpy(~silence)).softmax(1)[:, 0].mean().item()
+
     rng = np.random.default_rng(0)
     random = []
-    for _ in range(50):  # silencing units only acts downstream: apply the readout to the silenced units
-        keep = np.ones(phantom.n_units, np.float32)
-        keep[rng.choice(phantom.n_units, k, replace=False)] = 0
-        with torch.no_grad():
-            random.append(phantom.readout(units * torch.from_numpy(keep)).softmax(1)[:, 0].mean().item())
-    assert targeted < 0.01
-    assert np.mean(random) > 0.7 and min(random) > targeted + 0.3
+    for _ in range(50):
+        mask = np.zeros(phantom.n_units, bool)
+        mask[rng.choice(phantom.n_units, k, replace=False)] = True
+        random.append(p_region(mask))
+    assert p_region(target) < 0.01
+    assert np.mean(random) > 0.7 and min(random) > p_region(target) + 0.3
 
 
 def test_zeroing_a_population_s_weights_silences_it(phantom):
@@ -297,3 +298,48 @@ def test_bad_settings_raise_a_rig_error(kwargs):
     with pytest.raises(SubjectError) as e:
         build(**kwargs)
     assert isinstance(e.value, RigError) and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the rig around it
+
+
+def test_the_subject_loader_builds_the_phantom_with_its_sites_and_labels():
+    from rig.sites import catalogue
+    from rig.subjects import load_subject
+
+    subject = load_subject("phantom", seed=3, device="cpu", options={"n_grid": 2})
+    assert isinstance(subject.model, Phantom) and subject.model.seed == 3 and subject.model.grid.n == 2
+    assert subject.input_size == CANVAS and subject.class_names == ["a stimulus", "an empty image"]
+    sites = {info.name: info for info in catalogue(subject)}
+    assert list(sites) == ["locate", *POPULATIONS, "units", "readout"]
+    assert tuple(sites["units"].shape) == (subject.model.n_units,)
+    images = torch.from_numpy(stimuli.circles(n=3, seed=0).render())
+    assert (subject.forward(images).softmax(1)[:, 0] > 0.99).all()
+
+
+@pytest.mark.slow
+def test_end_to_end_ratemaps_scores_and_nulls_recover_the_planted_classes():
+    """circles -> phantom (pixels) -> shuffle nulls of spatial information, grid and border scores -> classes."""
+    from analyses.nulls import spatial_nulls
+
+    model = build(seed=0, n_place=16, n_grid=6, n_border=4, n_untuned=8)
+    # small circles: centres come within 10 px of the walls, so the bins along the walls are visited
+    s = stimuli.circles(n=1000, diameter=20, seed=0)
+    units = np.concatenate([run(model, images)["units"] for _, images in s.batches(250)])
+    responses = xr.DataArray(units, dims=("stimulus", "unit"), attrs={"canvas": CANVAS},
+                             coords={"x": ("stimulus", s.params.x.values), "y": ("stimulus", s.params.y.values)})
+    alpha = 0.01
+    result = spatial_nulls(responses, n_shuffles=99, seed=0, alpha=alpha)  # p >= 1 / 100
+    truth = model.truth()
+    cell, cls = truth.cell_class.values, result["class"].values
+    assert (cls[cell == "grid"] == "grid").all()
+    assert (cls[cell == "border"] == "border").all()
+    place = cell == "place"
+    assert (result.spatial_information_p.values[place] <= alpha).all()  # every place unit is informative
+    assert np.isin(cls[place], ["spatial", "border"]).all()  # fields touching a wall may also beat the border null
+    centres = np.column_stack([truth.centre_x.values, truth.centre_y.values])[place]
+    interior = np.minimum(centres, CANVAS - centres).min(1) > 2 * truth.field_width.values[place]
+    assert interior.sum() == 4 and (cls[place][interior] == "spatial").all()
+    untuned = cell == "untuned"
+    assert (cls[untuned] == "none").sum() >= untuned.sum() - 1  # alpha = 1% false positives per score
+    assert result.spatial_information.values[untuned].max() < 0.25 * result.spatial_information.values[place].min()
