@@ -204,9 +204,10 @@ def seeded(seed: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence library log chatter below ERROR ("model initialised randomly", hub retries) during a build."""
+    """Silence library logging during a build ("initialised randomly", hub retries, download errors: failures are
+    raised as `SubjectError` instead)."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
@@ -233,7 +234,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling of non-tensor objects, corrupt file
-        raise SubjectError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        raise SubjectError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {_first_line(str(e), 160)}); "
                            "save it with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -271,9 +272,9 @@ def _unknown_arch(source: str, arch: str, names: Sequence[str]) -> SubjectError:
 
 def _bad_options(label: str, req: SubjectRequest, error: TypeError) -> SubjectError:
     if not req.options:
-        return SubjectError(f"cannot build {label}: TypeError: {str(error).splitlines()[0][:200]}")
-    return SubjectError(f"{label} does not accept the options {sorted(req.options)} ({str(error).splitlines()[0]}); "
-                        "fix [subject] options")
+        return SubjectError(f"cannot build {label}: TypeError: {_first_line(str(error), 200)}")
+    return SubjectError(f"{label} does not accept the options {sorted(req.options)} "
+                        f"({_first_line(str(error), 200)}); fix [subject] options")
 
 
 def _hub_host() -> str:
@@ -317,8 +318,20 @@ def _hf_cache_dir() -> str:
         return "~/.cache/huggingface/hub"
 
 
+def _first_line(text: str, limit: int) -> str:
+    """First line of `text`, cut at a word boundary to at most `limit` characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def _weights_unavailable(label: str, tag: str, where: str, error: BaseException) -> SubjectError:
-    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    text = str(error)
+    offline = ("local cache" in text or "Name or service not known" in text or "urlopen error" in text
+               or type(error).__name__ in ("LocalEntryNotFoundError", "URLError", "OfflineModeIsEnabled"))
+    if offline:
+        reason = "not downloaded yet and the server cannot be reached (offline?)"
+    else:
+        reason = _first_line(text, 160) or type(error).__name__
     return SubjectError(
         f"cannot load weights {tag!r} for {label}: {reason} (looked for {where}); download them once online, "
         f"or set weights = \"/path/to/file.pt\" in the protocol's [subject] to use a local state dict")
@@ -359,7 +372,7 @@ def _build_open_clip(req: SubjectRequest) -> Subject:
         raise _bad_options(f"open_clip {arch}", req, e) from None
     except Exception as e:  # hub / URL failures, offline
         if tag is None:
-            raise SubjectError(f"cannot build open_clip {arch}: {str(e).splitlines()[0][:200]}") from None
+            raise SubjectError(f"cannot build open_clip {arch}: {_first_line(str(e), 200)}") from None
         cfg = open_clip.get_pretrained_cfg(arch, tag)
         where = (f"Hugging Face hub repo {cfg['hf_hub'].rstrip('/')} in {_hf_cache_dir()}" if cfg.get("hf_hub")
                  else f"{cfg.get('url')} in {os.path.expanduser('~/.cache/clip')}")
@@ -367,7 +380,7 @@ def _build_open_clip(req: SubjectRequest) -> Subject:
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as e:  # HF tokenizers need a download
-        raise SubjectError(f"cannot load the text tokenizer of open_clip {arch}: {str(e).splitlines()[0][:160]}; "
+        raise SubjectError(f"cannot load the text tokenizer of open_clip {arch}: {_first_line(str(e), 160)}; "
                            "it must be in the Hugging Face cache") from None
     preprocess = TensorPreprocess.from_library(transform)
     return _finish(req, model, preprocess, lambda m: m.encode_image, preprocess.output_size or DEFAULT_INPUT_SIZE,
@@ -401,7 +414,7 @@ def _build_timm(req: SubjectRequest) -> Subject:
         raise _bad_options(f"timm {arch}", req, e) from None
     except Exception as e:
         if not pretrained:
-            raise SubjectError(f"cannot build timm {arch}: {str(e).splitlines()[0][:200]}") from None
+            raise SubjectError(f"cannot build timm {arch}: {_first_line(str(e), 200)}") from None
         cfg = timm.models.get_pretrained_cfg(name)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
         where = (f"Hugging Face hub repo {hub_id} in {_hf_cache_dir()}" if hub_id
@@ -447,7 +460,7 @@ def _build_torchvision(req: SubjectRequest) -> Subject:
         raise _bad_options(f"torchvision {arch}", req, e) from None
     except Exception as e:  # URLError offline, hash mismatch
         if weights is None:
-            raise SubjectError(f"cannot build torchvision {arch}: {str(e).splitlines()[0][:200]}") from None
+            raise SubjectError(f"cannot build torchvision {arch}: {_first_line(str(e), 200)}") from None
         where = f"{weights.url} in {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
         raise _weights_unavailable(f"torchvision {arch}", req.weights, where, e) from None
     reference = weights if weights is not None else enum.DEFAULT
@@ -511,7 +524,7 @@ def _build_factory(req: SubjectRequest) -> Subject:
         except TypeError as e:
             raise _bad_options(f"factory {spec!r}", req, e) from None
         except Exception as e:
-            raise SubjectError(f"factory {spec!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") \
+            raise SubjectError(f"factory {spec!r} failed: {type(e).__name__}: {_first_line(str(e), 200)}") \
                 from None
     model, transform = (built if isinstance(built, tuple) and len(built) == 2 else (built, None))
     if not isinstance(model, nn.Module):

@@ -113,7 +113,7 @@ def test_open_clip_missing_weights_offline_is_a_clear_error(monkeypatch, tmp_pat
     assert time.perf_counter() - t0 < 20
     msg = str(err.value)
     assert "\n" not in msg and "'openai'" in msg and "RN50" in msg
-    assert "timm/resnet50_clip.openai" in msg and str(tmp_path / "hf") in msg
+    assert "timm/resnet50_clip.openai" in msg and str(tmp_path / "hf") in msg and "offline" in msg
     assert 'weights = "/path/to/file.pt"' in msg
 
 
