@@ -201,11 +201,13 @@ class Boom(Exception):
     pass
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, dtype):
     subject = factory("test_recorder:SmallCNN")
     net = subject.model
     st = stimuli.circles(n=11, canvas=32, diameter=(4, 10), seed=2)
-    want = record(subject, st, ["conv", "fc"], tmp_path / "ref.nc", batch_size=2, shard_size=4, progress=False)
+    want = record(subject, st, ["conv", "fc"], tmp_path / "ref.nc", batch_size=2, shard_size=4, dtype=dtype,
+                  progress=False)
 
     calls = {"n": 0}
 
@@ -216,7 +218,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     handle = net.fc.register_forward_hook(crash)
     path = tmp_path / "rec.nc"
     with pytest.raises(Boom):
-        record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, progress=False)
+        record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, dtype=dtype, progress=False)
     handle.remove()
     parts = tmp_path / "rec.nc.parts"
     assert sorted(p.name for p in parts.iterdir()) == ["part-00000.nc", "part-00001.nc"]
@@ -225,11 +227,12 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
         open_recording(path)
     (parts / "part-00002.nc.partial").write_bytes(b"half a file, as left by SIGKILL")
     with pytest.raises(RigError, match="other settings"):
-        record(subject, st, ["conv", "fc"], path, dtype="int16", batch_size=2, shard_size=4, progress=False)
+        other = "float32" if dtype == "int16" else "int16"
+        record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, dtype=other, progress=False)
 
     calls["n"] = 0
     handle = net.fc.register_forward_hook(crash)
-    record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, progress=False)
+    record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, dtype=dtype, progress=False)
     handle.remove()
     assert calls["n"] == 2 + 2   # probes + the 3 remaining stimuli of shard 2 (two batches)
     assert not parts.exists()
@@ -240,11 +243,12 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
 
     calls["n"] = 0                                   # complete + same settings: returned without recording
     handle = net.fc.register_forward_hook(crash)
-    assert record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, progress=False) == path
+    again = record(subject, st, ["conv", "fc"], path, batch_size=2, shard_size=4, dtype=dtype, progress=False)
+    assert again == path
     handle.remove()
     assert calls["n"] == 2
     with pytest.raises(RigError, match="already exists"):
-        record(subject, st, ["fc"], path, batch_size=2, shard_size=4, progress=False)
+        record(subject, st, ["fc"], path, batch_size=2, shard_size=4, dtype=dtype, progress=False)
 
 
 class Readout:
