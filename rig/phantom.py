@@ -307,7 +307,7 @@ class Phantom(nn.Module):
         b, u = images.shape[0], self.n_units
         if self.noise == 0 and self.untuned.n == 0:
             return images.new_zeros(b, 2 * u)
-        pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        pixels = images.detach().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()  # 8-bit
         out = np.empty((b, 2 * u), np.float32)
         for i in range(b):  # one hash per image (not per unit)
             key = hashlib.blake2b(pixels[i].tobytes(), digest_size=16).digest()

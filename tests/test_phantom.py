@@ -1,9 +1,6 @@
 """The phantom subject: every planted property is checked through its pixels-in pipeline."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +8,7 @@ import xarray as xr
 
 import stimuli
 from rig.errors import RigError, SubjectError
+from rig.lesions import lesioned, silenced
 from rig.phantom import POPULATIONS, WALLS, Phantom, build
 
 CANVAS = 224
@@ -43,17 +41,6 @@ def run(model: Phantom, images: np.ndarray, sites: tuple[str, ...] = ("units",))
             h.remove()
     out["p_stimulus"] = logits.softmax(1)[:, 0].numpy()
     return out
-
-
-@contextlib.contextmanager
-def silenced(model: Phantom, mask: np.ndarray) -> Iterator[None]:
-    """Unit lesion: zero the masked columns of the `units` site (as rig.lesions does with a forward hook)."""
-    keep = torch.from_numpy(~mask).float()
-    h = model.units.register_forward_hook(lambda m, a, o: o * keep)
-    try:
-        yield
-    finally:
-        h.remove()
 
 
 # ---------------------------------------------------------------- locate
@@ -242,8 +229,9 @@ def test_silencing_the_place_units_covering_a_region_abolishes_detection_there_o
     target, in_region, intact = region["target"], region["in_region"], region["p_stimulus"]
     assert 0 < target.sum() < phantom.place.n
     far = np.hypot(np.maximum(region["x"] - 112, 0), np.maximum(region["y"] - 112, 0)) > 2 * phantom.field_radius
-    with silenced(phantom, target):
-        lesioned = run(phantom, region["images"])["p_stimulus"]
+    images = region["images"]
+    with silenced(phantom.units, np.broadcast_to(target, (len(images), phantom.n_units))):  # rig's unit lesion
+        lesioned = run(phantom, images)["p_stimulus"]
     assert in_region.sum() > 50 and far.sum() > 50
     assert (intact > 0.99).all()
     assert (lesioned[in_region] < 0.01).all()  # abolished everywhere in the region
@@ -270,14 +258,17 @@ def test_random_silencing_of_as_many_units_degrades_detection_less(phantom, regi
     assert np.mean(random) > 0.7 and min(random) > p_region(target) + 0.3
 
 
-def test_zeroing_a_population_s_weights_silences_it(phantom):
+def test_weight_lesions_silence_a_population_and_are_restored(phantom):
     images = circles_at(np.array([50.0, 150.0]), np.array([60.0, 170.0]))
-    model = build(seed=0)
-    with torch.no_grad():
-        model.place.weight.zero_()
-    out = run(model, images, ("place", "grid"))
+    before = run(phantom, images, ("place", "grid"))
+    with lesioned(phantom.place):  # rig's weight lesion: zero the module's weights (its per-unit gains)
+        out = run(phantom, images, ("place", "grid"))
     np.testing.assert_allclose(out["place"], 0.0)
-    assert out["grid"].max() > 0 and (out["p_stimulus"] < 0.01).all()
+    np.testing.assert_array_equal(out["grid"], before["grid"])
+    assert (out["p_stimulus"] < 0.01).all() and (before["p_stimulus"] > 0.99).all()
+    with lesioned(phantom.readout):
+        assert (run(phantom, images)["p_stimulus"] < 0.01).all()  # no readout weights: "an empty image"
+    np.testing.assert_array_equal(run(phantom, images, ("place",))["place"], before["place"])
 
 
 # ---------------------------------------------------------------- settings
