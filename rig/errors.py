@@ -18,11 +18,14 @@ class SiteError(RigError):
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for errors whose message is meant for the user as it is: `RigError`s and `stimuli.StimulusError`
-    (a `ValueError` of the `stimuli` package, which does not depend on `rig`)."""
+    """True for errors whose message is meant for the user as it is: `RigError`s, `stimuli.StimulusError` and
+    `analyses.AnalysisInputError` (`ValueError`s of packages that do not depend on `rig`)."""
     if isinstance(error, RigError):
         return True
     import sys
 
-    stimuli_base = sys.modules.get("stimuli.base")  # if stimuli was never imported, it raised nothing
-    return stimuli_base is not None and isinstance(error, stimuli_base.StimulusError)
+    for module, name in (("stimuli.base", "StimulusError"), ("analyses.ratemaps", "AnalysisInputError")):
+        loaded = sys.modules.get(module)  # a package never imported raised nothing
+        if loaded is not None and isinstance(error, getattr(loaded, name)):
+            return True
+    return False

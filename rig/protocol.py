@@ -140,7 +140,7 @@ class SpatialScoresStep(StepSpec):
 class WeightLesionsStep(StepSpec):
     type: Literal["weight_lesions"]
     towers: list[Literal["visual", "text"]] = Field(["visual", "text"])
-    include_bias: bool = Field(True, description="zero biases too")
+    include_bias: bool = Field(False, description="zero biases too (the study zeroed weights only)")
     n_stimuli: int | None = Field(None, gt=0, description="use the first n stimuli (default all)")
     batch_size: int = Field(32, gt=0)
 
@@ -153,7 +153,7 @@ class UnitLesionsStep(StepSpec):
     proportions: Range | list[float] = Field(default_factory=lambda: Range(start=0, stop=1, step=0.1))
     units: list[int] | None = Field(None, description="the unit list for strategy 'units'")
     ratemaps: str = Field("ratemaps", description="ratemaps step that picks targeted units")
-    repeats: int = Field(1, gt=0, description="repeats of random lesions")
+    repeats: int = Field(5, gt=0, description="repeats of random lesions (other strategies are deterministic)")
     n_stimuli: int | None = Field(None, gt=0)
     batch_size: int = Field(32, gt=0)
     seed: int = 0
@@ -190,6 +190,19 @@ class Protocol(Strict):
             dup = {k for k in keys if keys.count(k) > 1}
             if dup:
                 raise ValueError(f"{section} steps need unique names; give `name = ...` to: {sorted(dup)}")
+        maps = [s.key for s in self.analyse if s.type == "ratemaps"]
+        for i, s in enumerate(self.analyse):
+            if s.type == "spatial_scores" and s.ratemaps not in maps[: [a.key for a in self.analyse].index(s.key)]:
+                raise ValueError(f"analyse.{i}: ratemaps = {s.ratemaps!r} must name an earlier ratemaps step "
+                                 f"(ratemaps steps: {maps})")
+        for i, s in enumerate(self.perturb):
+            if s.type == "unit_lesions" and any(t.startswith("targeted") for t in s.strategy) and s.ratemaps not in maps:
+                raise ValueError(f"perturb.{i}: targeted lesions need ratemaps = the name of a ratemaps step "
+                                 f"(ratemaps steps: {maps})")
+            if s.type == "unit_lesions" and "units" in s.strategy and not s.units:
+                raise ValueError(f"perturb.{i}: strategy 'units' needs units = [list of unit indices]")
+        if self.perturb and (self.behaviour is None or not (self.behaviour.target or self.behaviour.top_k)):
+            raise ValueError("perturb steps measure behaviour: add [behaviour] with prompts and a target")
         return self
 
     def resolved(self) -> dict[str, Any]:

@@ -148,3 +148,187 @@ def _weights_sha256(model: Any) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# analyse
+
+
+def _recorded_sites(ctx: StepContext, rec: xr.Dataset, patterns: list[str], key: str) -> list[str]:
+    from fnmatch import fnmatchcase
+
+    from .errors import SiteError
+
+    sites = [str(v) for v in rec.data_vars if any(fnmatchcase(str(v), p) for p in patterns)]
+    if not sites:
+        raise SiteError(f"{key}: sites {patterns} match none of the recorded sites ({', '.join(map(str, rec.data_vars))})")
+    return sites
+
+
+def _extent(ctx: StepContext, extent: tuple[float, float] | None) -> tuple[float, float, float, float]:
+    lo, hi = extent if extent is not None else (0.0, float(ctx.stimuli.canvas))
+    return (lo, hi, lo, hi)
+
+
+def _units_first(da: xr.DataArray, keep: tuple[str, ...]) -> xr.DataArray:
+    """Stack every dim except `keep` into one `cell` dim (site-independent unit list), in dim order."""
+    other = [d for d in da.dims if d not in keep]
+    if not other:
+        return da.expand_dims("cell")
+    return da.stack(cell=other).transpose("cell", *keep)
+
+
+@step_type("ratemaps")
+def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
+    """Ratemaps of every unit of the chosen sites: `analyses/<name>.nc`, one variable per site + occupancy."""
+    import analyses
+
+    rec = ctx.recording()
+    sites = _recorded_sites(ctx, rec, spec.sites, f"analyse.{spec.key}")
+    relative = f"analyses/{spec.key}.nc"
+    with atomic_path(ctx.folder / relative) as tmp:
+        for i, site in enumerate(sites):
+            maps = analyses.ratemaps(rec[site], bins=spec.bins, extent=_extent(ctx, spec.extent),
+                                     smoothing=spec.smoothing)
+            out = xr.Dataset({site: maps["ratemap"]})
+            if i == 0:
+                out["occupancy"] = maps["occupancy"]
+                out.attrs.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in maps.attrs.items()
+                                  if v is not None})
+            out.to_netcdf(tmp, mode="w" if i == 0 else "a", engine="netcdf4")
+            ctx.log.info("ratemaps %s: %s", site, dict(maps["ratemap"].sizes))
+    ctx.headline["ratemaps"] = int(sum(np.prod([s for d, s in rec[v].sizes.items() if d != "stimulus"])
+                                       for v in sites))
+    return [relative]
+
+
+@step_type("spatial_scores")
+def analyse_spatial_scores(ctx: StepContext, spec: Any) -> list[str]:
+    """Spatial information, grid and border score of every mapped unit, with per-unit shuffle nulls and a class
+    (spatial / grid / border / none): `analyses/<name>.nc` along a `cell` dim with `site`, `unit` (and `token`)
+    coordinates, plus the study's top-units figure and the score distributions per site."""
+    import matplotlib.pyplot as plt
+
+    import analyses
+
+    rm_spec = next(s for s in ctx.protocol.analyse if s.key == spec.ratemaps)
+    rec = ctx.recording()
+    with xr.open_dataset(ctx.folder / f"analyses/{rm_spec.key}.nc") as rm_file:
+        site_maps = {v: rm_file[v] for v in rm_file.data_vars if v != "occupancy"}
+        occupancy = rm_file["occupancy"].values
+        per_site, maps_flat, scores_flat = [], {}, {}
+        for site, maps in site_maps.items():
+            if spec.shuffles > 0:
+                scores = analyses.spatial_nulls(rec[site], bins=rm_spec.bins, extent=_extent(ctx, rm_spec.extent),
+                                                smoothing=rm_spec.smoothing, rate=spec.rate, alpha=spec.alpha,
+                                                n_shuffles=spec.shuffles, seed=spec.seed)
+            else:
+                scores = xr.Dataset({
+                    "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
+                    "grid_score": analyses.grid_score(maps),
+                    "border_score": analyses.border_score(maps)})
+            flat = _units_first(scores, ())
+            flat = flat.reset_index("cell") if "cell" in flat.indexes else flat
+            flat = flat.assign_coords(site=("cell", np.full(flat.sizes["cell"], site)))
+            per_site.append(flat.drop_vars([c for c in flat.coords if c not in ("site", "unit", "token",
+                                                                                  "token_row", "token_col")
+                                            and flat[c].dims == ("cell",) and c != "cell"], errors="ignore"))
+            maps_flat[site] = _units_first(maps, ("y_bin", "x_bin")).values
+            scores_flat[site] = {k: flat[k].values for k in ("spatial_information", "grid_score", "border_score")}
+            ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
+    result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
+    result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
+                         "ratemaps": rm_spec.key})
+    outputs = [ctx.write_dataset(f"analyses/{spec.key}.nc", result.drop_vars("cell", errors="ignore"))]
+    short = {s: s.replace("visual.transformer.resblocks.", "block ") for s in maps_flat}
+    fig = analyses.top_units_figure({short[s]: m for s, m in maps_flat.items()},
+                                    {short[s]: v for s, v in scores_flat.items()}, k=spec.top_k,
+                                    title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score")
+    outputs.append(ctx.write_figure(f"{spec.key}_top_units", fig))
+    plt.close(fig)
+    fig = analyses.score_distributions({short[s]: v for s, v in scores_flat.items()})
+    outputs.append(ctx.write_figure(f"{spec.key}_distributions", fig))
+    plt.close(fig)
+    if "class" in result:
+        labels, counts = np.unique(result["class"].values.astype(str), return_counts=True)
+        for label, count in zip(labels, counts):
+            if label != "none":
+                ctx.headline[f"{label} units"] = int(count)
+    ctx.headline["best grid score"] = round(float(np.nanmax(result["grid_score"].values)), 3) \
+        if np.isfinite(result["grid_score"].values).any() else None
+    return outputs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# perturb
+
+
+def _first(stim: Any, n: int | None) -> Any:
+    """The first `n` stimuli of a set (all when None)."""
+    if n is None or n >= len(stim):
+        return stim
+    return type(stim)(stim.params.isel(stimulus=slice(0, n)))
+
+
+def _finish_perturb(ctx: StepContext, spec: Any, ds: xr.Dataset, fig: Any) -> list[str]:
+    """Write `perturb/<name>.nc` and its figure, then drop the sweep's per-condition working folder."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    outputs = [ctx.write_dataset(f"perturb/{spec.key}.nc", ds)]
+    outputs.append(ctx.write_figure(f"{spec.key}", fig))
+    plt.close(fig)
+    shutil.rmtree(ctx.folder / "perturb" / spec.key, ignore_errors=True)
+    return outputs
+
+
+@step_type("weight_lesions")
+def perturb_weight_lesions(ctx: StepContext, spec: Any) -> list[str]:
+    """Zero each weighted module of the chosen towers in turn and measure behaviour (the blog's first lesion
+    experiment); resumable per module in `perturb/<name>/`."""
+    from .behaviour import make_readout
+    from .lesions import weight_lesions, weighted_modules
+    from .lesions.figures import weight_lesion_figure
+
+    subject = ctx.subject
+    modules = [m for tower in spec.towers for m in weighted_modules(subject.model, tower)]
+    ds = weight_lesions(subject, _first(ctx.stimuli, spec.n_stimuli), ctx.readout, modules,
+                        include_bias=spec.include_bias, batch_size=spec.batch_size,
+                        rebuild_readout=lambda: make_readout(subject, ctx.protocol.behaviour.model_dump()),
+                        folder=ctx.folder / "perturb" / spec.key)
+    worst = int(np.argmin(ds["mean"].values))
+    ctx.headline[f"{spec.key}: baseline"] = round(float(ds["baseline_mean"]), 3)
+    ctx.headline[f"{spec.key}: worst module"] = f"{ds['module'].values[worst]} ({float(ds['mean'][worst]):.3f})"
+    return _finish_perturb(ctx, spec, ds, weight_lesion_figure(ds))
+
+
+@step_type("unit_lesions")
+def perturb_unit_lesions(ctx: StepContext, spec: Any) -> list[str]:
+    """Silence a growing proportion of a site's units per strategy (random, targeted by the ratemap value at
+    each stimulus's position, ...) and measure behaviour (the blog's second lesion experiment)."""
+    from .lesions import unit_lesions
+    from .lesions.figures import unit_lesion_figure
+
+    maps = None
+    if any(s.startswith("targeted") for s in spec.strategy):
+        with xr.open_dataset(ctx.folder / f"analyses/{spec.ratemaps}.nc") as rm:
+            if spec.site not in rm:
+                from .errors import SiteError
+
+                raise SiteError(f"perturb.{spec.key}: site {spec.site!r} has no ratemaps in analyses/{spec.ratemaps}.nc;"
+                                f" record and map it (mapped: {', '.join(v for v in rm.data_vars if v != 'occupancy')})")
+            maps = rm[spec.site].load()
+        if "token" in maps.dims:  # targeted lesions silence channels at every token: rank them by the CLS map
+            maps = maps.isel(token=0)
+            ctx.log.info("unit lesions: ranking units of %s by the ratemaps of token 0 (CLS)", spec.site)
+    proportions = spec.proportions.values() if hasattr(spec.proportions, "values") else spec.proportions
+    ds = unit_lesions(ctx.subject, _first(ctx.stimuli, spec.n_stimuli), ctx.readout, spec.site,
+                      strategy=spec.strategy, proportions=proportions, ratemaps=maps, units=spec.units,
+                      repeats=spec.repeats, seed=spec.seed, batch_size=spec.batch_size,
+                      folder=ctx.folder / "perturb" / spec.key)
+    for strategy in spec.strategy:
+        half = ds["mean"].sel(strategy=strategy).interp(proportion=0.5) if ds.sizes["proportion"] > 1 else None
+        if half is not None:
+            ctx.headline[f"{spec.key}: {strategy} @ 50%"] = round(float(half), 3)
+    return _finish_perturb(ctx, spec, ds, unit_lesion_figure(ds))
