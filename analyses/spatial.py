@@ -24,7 +24,6 @@ from analyses.ratemaps import AnalysisInputError, rate_transform
 MapsLike = Any  # np.ndarray | xr.DataArray, last two axes (y, x)
 
 GRID_ANGLES = (30, 60, 90, 120, 150)  # degrees, counter-clockwise as skimage.transform.rotate
-_FIELD_WINDOW = 10  # half-width (bins) of the first, cheaper centre-field search
 _EXPAND_THRESHOLDS = np.round(np.linspace(0.95, 0.2, int((0.95 - 0.2) / 0.02) + 1), 2)
 
 
@@ -209,19 +208,6 @@ def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
 
 
 # ----------------------------------------------------------------------------------------- grid score
-def _iterate(state: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Iterate `state[act] = step(state[act], act)` until no map changes (a fixed point: morphological
-    reconstruction); converged maps leave the working set `act`."""
-    active = np.arange(state.shape[0])
-    while active.size:
-        cur = state[active]
-        new = step(cur, active)
-        changed = (new != cur).any(axis=(1, 2))
-        state[active] = new
-        active = active[changed]
-    return state
-
-
 def _dilate_cross(a: np.ndarray) -> np.ndarray:
     out = a.copy()
     np.maximum(out[:, 1:], a[:, :-1], out=out[:, 1:])
@@ -235,6 +221,62 @@ def _erode_cross(a: np.ndarray) -> np.ndarray:
     return -_dilate_cross(-a)
 
 
+def _sweep(v: np.ndarray, m: np.ndarray, conn8: bool) -> None:
+    """One forward and one backward pass along axis 0 of (n, b, k) arrays, in place: each slice takes
+    min(m, max(itself, the previous slice's value (and, if `conn8`, its neighbours along the last axis)))."""
+    n = v.shape[0]
+    for order in (range(1, n), range(n - 2, -1, -1)):
+        step = 1 if order.step == 1 else -1
+        for i in order:
+            prev = v[i - step]
+            if conn8:
+                prev = prev.copy()
+                np.maximum(prev[:, 1:], v[i - step][:, :-1], out=prev[:, 1:])
+                np.maximum(prev[:, :-1], v[i - step][:, 1:], out=prev[:, :-1])
+            np.maximum(v[i], prev, out=v[i])
+            np.minimum(v[i], m[i], out=v[i])
+
+
+def _reconstruct(seed: np.ndarray, mask: np.ndarray, conn8: bool = False) -> np.ndarray:
+    """Greyscale reconstruction by dilation of `seed` under `mask` (both (b, h, w), seed <= mask), 4- or
+    8-connected: each bin's value is the best over paths from any bin p of min(seed[p], mask along the path).
+
+    Computed by sequential sweeps (left-right, right-left, top-bottom, bottom-top; each sweep carries values
+    along a whole row or column in one pass) repeated until no map changes; maps that converged leave the
+    working set. Smooth maps converge in a few rounds, where parallel dilation needs one round per bin of
+    path length."""
+    out = np.array(seed)
+    active = np.arange(out.shape[0])
+    while active.size:
+        cur = out[active]
+        mk = mask[active]
+        vx, mx = np.ascontiguousarray(cur.transpose(2, 0, 1)), np.ascontiguousarray(mk.transpose(2, 0, 1))
+        _sweep(vx, mx, conn8)  # along x
+        vy, my = np.ascontiguousarray(vx.transpose(2, 1, 0)), np.ascontiguousarray(mk.transpose(1, 0, 2))
+        _sweep(vy, my, conn8)  # along y
+        new = vy.transpose(1, 0, 2)
+        changed = (new != cur).any(axis=(1, 2))
+        out[active] = new
+        active = active[changed]
+    return out
+
+
+def _quantize(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(b, h, w) uint8: how many of the descending `thresholds` t satisfy fmap >= peak * t (exactly that
+    comparison; 0 where fmap is -inf or peak is not positive)."""
+    k = thresholds.size
+    p = peak[:, None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.searchsorted(thresholds[::-1], fmap / p, side="right")
+    q = np.where(np.isfinite(fmap) & (p > 0) & np.isfinite(p), q, 0)
+    t_ext = np.concatenate([[-np.inf], thresholds[::-1], [np.inf]])  # t_ext[q] = the highest passed
+    # the ratio can round across a threshold: fix by the exact product comparison (at most one step)
+    with np.errstate(invalid="ignore"):
+        q = q - ((q > 0) & ~(fmap >= p * t_ext[q]))
+        q = q + ((q < k) & (fmap >= p * t_ext[q + 1]) & (p > 0))
+    return q.astype(np.uint8)
+
+
 def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     """Radius (bins, float; NaN when no field) of the autocorrelogram's centre field, as opexebo's
     `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
@@ -242,11 +284,12 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
 
     The adaptive threshold walks 0.95, 0.93, ..., 0.2 of the peak and stops before the field's 4-connected
     area jumps to >= 3x the initial growth ratio or the field encloses a hole, or after 10 steps without
-    change. Instead of labelling per
-    threshold, two maps per autocorrelogram make every threshold a comparison: `level` (the highest threshold
-    at which a bin is 4-connected to the centre: reconstruction by dilation from the centre) and `escape`
-    (the lowest level at which a bin still reaches the border through lower bins: reconstruction by erosion
-    from the border). Field at T = {level >= T}; a hole exists at T iff some bin has level < T <= escape.
+    change. Instead of labelling per threshold, the map is quantised to threshold steps q (how many thresholds
+    a bin passes) and two reconstructions give every threshold at once: `level` (the highest step at which a
+    bin is 4-connected to the centre: reconstruction by dilation from the centre) and `escape` (the lowest
+    level at which a bin still reaches the border through lower bins: reconstruction by erosion from the
+    border). Field at step j = {level >= j}; a hole exists at j iff some bin has level < j <= escape. Areas and
+    holes of all steps are then counted with one bincount per block.
     Knowingly different: where opexebo's field is already invalid at 0.95/0.93 (a hole), it retries at higher
     thresholds; this returns NaN (rare: a hole next to the peak of an autocorrelogram).
     """
@@ -254,52 +297,45 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
     # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
     marker = np.minimum(_erode_cross(acorr), acorr)
-    fmap = _iterate(marker, lambda cur, act: np.minimum(
-        ndimage.maximum_filter(cur, size=(1, 3, 3), mode="nearest"), acorr[act]))
+    fmap = _reconstruct(marker, acorr, conn8=True)
     peak = fmap[:, ch, cw].copy()
-    half = _FIELD_WINDOW
-    if min(ch, cw, h - 1 - ch, w - 1 - cw) > half:
-        # search in a central window first: exact whenever the field never reaches the window's edge
-        win = fmap[:, ch - half:ch + half + 1, cw - half:cw + half + 1]
-        area, touched = _field_area(win, peak, window=True)
-        if touched.any():
-            area[touched] = _field_area(fmap[touched], peak[touched], window=False)[0]
-    else:
-        area = _field_area(fmap, peak, window=False)[0]
-    with np.errstate(invalid="ignore"):
-        area[area < 5] = np.nan
-        return np.floor(np.sqrt(area / np.pi))
-
-
-def _field_area(fmap: np.ndarray, peak: np.ndarray, window: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Final centre-field area (NaN when the search fails) and, with `window`, whether the field touched the
-    edge of `fmap` at an evaluated threshold (then the window result is not trusted)."""
-    b, h, w = fmap.shape
-    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
-    gated = np.where(fmap >= (peak * 0.2)[:, None, None], fmap, -np.inf)
-    level = np.full_like(fmap, -np.inf)
-    level[:, ch, cw] = gated[:, ch, cw]
-    level = _iterate(level, lambda cur, act: np.minimum(_dilate_cross(cur), gated[act]))
-    escape = np.full_like(level, np.inf)
-    edges = ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0), (slice(None), slice(None), -1))
-    for sl in edges:
-        escape[sl] = level[sl]
-    escape = _iterate(escape, lambda cur, act: np.minimum(np.maximum(_erode_cross(cur), level[act]), cur))
-    edge_level = np.max([level[sl].max(axis=1) for sl in edges], axis=0)
-    lv = level.reshape(b, -1)
+    thresholds = _EXPAND_THRESHOLDS
+    k = thresholds.size
+    q = _quantize(fmap, peak, thresholds)
+    seed = np.zeros_like(q)
+    seed[:, ch, cw] = q[:, ch, cw]
+    level = _reconstruct(seed, q)
+    # escape by duality: k - escape is the reconstruction by dilation of k - level from the border
+    inv = (k - level).astype(np.uint8)
+    seed = np.zeros_like(inv)
+    for sl in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0), (slice(None), slice(None), -1)):
+        seed[sl] = inv[sl]
+    escape = k - _reconstruct(seed, inv).astype(np.int64)
+    lv = level.reshape(b, -1).astype(np.int64)
     es = escape.reshape(b, -1)
-    touched = np.zeros(b, dtype=bool)
+    offs = (np.arange(b) * (k + 2))[:, None]
+    # a bin passes thresholds[j] iff q >= k - j. Field at thresholds[j] = {level >= k - j}
+    count = np.bincount((lv + offs).ravel(), minlength=b * (k + 2)).reshape(b, k + 2)
+    area = count[:, ::-1].cumsum(1)[:, ::-1][:, k:0:-1].astype(np.float64)
+    # hole bins at thresholds[j]: level < k - j <= escape -> +1 at level + 1, -1 at escape + 1
+    hole = es > lv
+    diff = np.bincount((lv + 1 + offs)[hole], minlength=b * (k + 2)) - \
+        np.bincount((es + 1 + offs)[hole], minlength=b * (k + 2))
+    holes = diff.reshape(b, k + 2).cumsum(1)[:, k:0:-1] > 0
+    result = _adaptive_area(area, holes, ~np.isfinite(peak) | (peak <= 0))
+    with np.errstate(invalid="ignore"):
+        result[result < 5] = np.nan
+        return np.floor(np.sqrt(result / np.pi))
 
-    def area_bad(t: float) -> tuple[np.ndarray, np.ndarray]:
-        thr = (peak * t)[:, None]
-        inside = lv >= thr
-        if window:
-            touched[:] |= ~stopped & (edge_level >= thr[:, 0])
-        return inside.sum(1).astype(np.float64), ((~inside) & (es >= thr)).any(1)
 
-    stopped = ~np.isfinite(peak) | (peak <= 0)
-    a1, bad1 = area_bad(0.95)
-    a2, bad2 = area_bad(0.93)
+def _adaptive_area(area: np.ndarray, holes: np.ndarray, stopped: np.ndarray) -> np.ndarray:
+    """opexebo's `_expand_field` walk over the thresholds `_EXPAND_THRESHOLDS`, for all maps at once.
+
+    area, holes: (b, steps) field area and whether the field encloses a hole at each threshold; `stopped`:
+    maps with no field at all. Returns the final area (NaN when the search fails)."""
+    b = area.shape[0]
+    a1, bad1, a2, bad2 = area[:, 0], holes[:, 0], area[:, 1], holes[:, 1]  # 0.95, 0.93
+    stopped = stopped.copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         growth = a2 / a1
         last = a2.copy()
@@ -307,19 +343,19 @@ def _field_area(fmap: np.ndarray, peak: np.ndarray, window: bool) -> tuple[np.nd
         stopped |= bad1 | bad2
         n_decrease = np.zeros(b, dtype=np.int64)
         n_same = np.zeros(b, dtype=np.int64)
-        for k, t in enumerate(_EXPAND_THRESHOLDS):
-            area, bad = area_bad(float(t))
-            change = area / last
+        for j in range(area.shape[1]):
+            cur, bad = area[:, j], holes[:, j]
+            change = cur / last
             n_decrease = np.where(change < 1, n_decrease + 1, 0)
             grows_ok = (np.floor(change / growth) <= 2) & (n_decrease < 3)
             n_same = np.where(grows_ok, np.where(change == 1, n_same + 1, 0), n_same)
             stop = ~stopped & (bad | ~grows_ok | (n_same >= 10))
-            result[stop] = last[stop] if k > 0 else np.nan
+            result[stop] = last[stop] if j > 0 else np.nan
             stopped |= stop
-            last = np.where(stopped, last, area)
+            last = np.where(stopped, last, cur)
         result[~stopped] = last[~stopped]
         result[bad1 | bad2] = np.nan
-    return result, touched
+    return result
 
 
 def _rotation_gather(shape: tuple[int, int], angles: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
