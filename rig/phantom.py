@@ -27,18 +27,25 @@ populations of "cells" from its position, so that every analysis of the rig can 
 
 Every population is multiplied by `presence` (silent on an empty image) and by a per-unit `weight` parameter
 (1; zeroing a module's weights silences it). With `noise > 0` every unit gets additive frozen Gaussian noise
-of that s.d.: a function of the image's pixels (quantised to 8 bits) and `noise_seed` (default: `seed`), so the same image always
-gives the same answer (reproducible recordings, comparable lesions) while different images vary.
+of that s.d.: a function of the image's pixels (quantised to 8 bits) and `noise_seed` (default: `seed`), so
+the same image always gives the same answer (reproducible recordings, comparable lesions) while different
+images vary.
 
 The behaviour readout. Only place units drive it. Each place unit contributes `(r - kappa) / (1 - kappa)` when
 its response r exceeds `kappa` (default 0.25), so it "sees" a stimulus only inside its *field*, the disc of
-radius `field_radius = field_width * sqrt(2 ln(1 / kappa))` around its centre. With the default width and
-`kappa <= 0.5` every position on the canvas lies in some field (a narrower `place_width` or a `place_jitter`
-can leave blind spots, on purpose). The detection drive is the sum of these contributions and the
-logit of "a stimulus" against "an empty image" is `gain * (drive - criterion)` (the second logit is 0), so
+radius `field_radius = field_width * sqrt(2 ln(1 / kappa))` around its centre. With the default width, kappa
+and criterion every position on the canvas lies in some field with drive >= 0.33 > criterion (a narrower
+`place_width`, a larger `readout_threshold` or a `place_jitter` can leave blind spots, on purpose). The detection drive is the sum of these contributions and
+the logit of "a stimulus" against "an empty image" is `gain * (drive - criterion)` (the second logit is 0), so
 `softmax(logits)[:, 0] = sigmoid(gain * (drive - criterion))`. An empty image gives drive 0, hence "empty".
 Silencing the place units whose fields cover a region leaves zero drive for stimuli there (detection is
 abolished) while stimuli elsewhere keep their own fields; `Phantom.covering(x, y)` names those units.
+
+Example (a protocol uses `[subject] source = "phantom"`, options passed on to `build`):
+
+    model = rig.phantom.build(seed=0, n_grid=6, noise=0.05)
+    truth = model.truth()                      # xr.Dataset over `unit`: cell_class, centre_x, spacing, wall...
+    logits = model(torch.from_numpy(stimuli.circles(n=8).render()))   # (8, 2); softmax -> P("a stimulus")
 """
 from __future__ import annotations
 
@@ -227,6 +234,13 @@ class Phantom(nn.Module):
     """The planted-truth subject (see the module docstring); build it with `build(seed, ...)`.
 
     Input: images `(B, 3, H, W)` in [0, 1], RGB, no transform. Output: readout logits `(B, 2)`.
+
+    Settings: `seed` (every planted parameter), `canvas` (px; also `input_size`), population counts
+    `n_place`, `n_grid`, `n_border`, `n_untuned`; `place_width` (px, default 0.6 lattice steps), `place_jitter`
+    (lattice steps, uniform); `grid_spacing`, `border_width` (px: a number or a (lo, hi) range drawn uniformly);
+    grid orientations are uniform in [0, 60) degrees and phases uniform over the canvas; `noise` (s.d.) and
+    `noise_seed`; readout `readout_threshold` (kappa), `readout_gain`, `readout_criterion`; locate
+    `contrast_floor` (contrast below it is ignored) and `presence_scale` (px^2).
     """
 
     def __init__(self, *, seed: int = 0, canvas: int = 224, n_place: int = 64, n_grid: int = 12,

@@ -88,7 +88,8 @@ def test_truth_describes_every_unit(phantom):
     assert counts == {"place": 64, "grid": 12, "border": 8, "untuned": 16}
     place, grid, border = (t.where(t.cell_class == c, drop=True) for c in ("place", "grid", "border"))
     assert np.isfinite(place.centre_x).all() and np.isnan(grid.centre_x).all()
-    assert ((grid.spacing >= 48) & (grid.spacing <= 80)).all() and ((grid.orientation >= 0) & (grid.orientation < 60)).all()
+    assert ((grid.spacing >= 48) & (grid.spacing <= 80)).all()
+    assert ((grid.orientation >= 0) & (grid.orientation < 60)).all()
     assert sorted(set(border.wall.values)) == sorted(WALLS)
     assert (t.readout_weight.values > 0).sum() == 64 and (t.readout_weight.where(t.cell_class != "place", 0) == 0).all()
     assert build(seed=0).truth().equals(t) and not build(seed=1).truth().equals(t)
