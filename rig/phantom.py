@@ -33,13 +33,14 @@ images vary.
 
 The behaviour readout. Only place units drive it. Each place unit contributes `(r - kappa) / (1 - kappa)` when
 its response r exceeds `kappa` (default 0.25), so it "sees" a stimulus only inside its *field*, the disc of
-radius `field_radius = field_width * sqrt(2 ln(1 / kappa))` around its centre. With the default width, kappa
-and criterion every position on the canvas lies in some field with drive >= 0.33 > criterion (a narrower
-`place_width`, a larger `readout_threshold` or a `place_jitter` can leave blind spots, on purpose). The detection drive is the sum of these contributions and
-the logit of "a stimulus" against "an empty image" is `gain * (drive - criterion)` (the second logit is 0), so
-`softmax(logits)[:, 0] = sigmoid(gain * (drive - criterion))`. An empty image gives drive 0, hence "empty".
-Silencing the place units whose fields cover a region leaves zero drive for stimuli there (detection is
-abolished) while stimuli elsewhere keep their own fields; `Phantom.covering(x, y)` names those units.
+radius `field_radius = field_width * sqrt(2 ln(1 / kappa))` around its centre. With the default width, kappa and
+criterion every position on the canvas lies in some field with drive >= 0.33 > criterion (a narrower
+`place_width`, a larger `readout_threshold` or a `place_jitter` can leave blind spots, on purpose). The
+detection drive is the sum of these contributions and the logit of "a stimulus" against "an empty image" is
+`gain * (drive - criterion)` (the second logit is 0), so `softmax(logits)[:, 0] = sigmoid(gain * (drive -
+criterion))`. An empty image gives drive 0, hence "empty". Silencing the place units whose fields cover a region
+leaves zero drive for stimuli there (detection is abolished) while stimuli elsewhere keep their own fields;
+`Phantom.covering(x, y)` names those units.
 
 Example (a protocol uses `[subject] source = "phantom"`, options passed on to `build`):
 
