@@ -11,13 +11,14 @@ Where these functions knowingly differ from opexebo it is said in their docstrin
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
 from scipy import fft as sp_fft
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from analyses.ratemaps import AnalysisInputError, rate_transform
 
@@ -358,6 +359,33 @@ def _adaptive_area(area: np.ndarray, holes: np.ndarray, stopped: np.ndarray) -> 
     return result
 
 
+@functools.lru_cache(maxsize=8)
+def _ring_geometry(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, sparse.csr_matrix,
+                                             sparse.csr_matrix]:
+    """For (h, w) autocorrelograms: the flat indices of bins inside the largest ring (squared distance <
+    floor(min(h, w) / 2)^2, distances as opexebo: 1-based indices minus ceil(size / 2)) ordered by squared
+    distance (P'); the distinct squared distances (S shells) and each shell's size; the rotations as one
+    sparse matrix (P' * A, h * w) giving those bins of every rotated map; the (S, P') sparse sum per shell."""
+    outer = int(np.floor(min(h, w) / 2))
+    rr, cc = np.mgrid[1:h + 1, 1:w + 1]
+    d2 = ((cc - np.ceil(w / 2)) ** 2 + (rr - np.ceil(h / 2)) ** 2).ravel().astype(np.int64)
+    keep = np.flatnonzero(d2 < outer * outer)
+    keep = keep[np.argsort(d2[keep], kind="stable")]
+    shells, shell_start, n_shell = np.unique(d2[keep], return_index=True, return_counts=True)
+    idx, wts = _rotation_gather((h, w), GRID_ANGLES)  # (A, 4, h * w), index h * w = outside
+    idx, wts = idx[:, :, keep], wts[:, :, keep]
+    n_rot = len(GRID_ANGLES)
+    # row p' * A + a of `rotate` gives bin p' of the map rotated by angle a
+    rows = np.broadcast_to((np.arange(keep.size)[None, None, :] * n_rot + np.arange(n_rot)[:, None, None]),
+                           idx.shape)
+    inside = idx < h * w
+    rotate = sparse.csr_matrix((wts[inside], (rows[inside], idx[inside])), shape=(n_rot * keep.size, h * w))
+    shell_of = np.repeat(np.arange(shells.size), n_shell)
+    per_shell = sparse.csr_matrix((np.ones(keep.size), (shell_of, np.arange(keep.size))),
+                                  shape=(shells.size, keep.size))
+    return keep, shells, n_shell, rotate, per_shell
+
+
 def _rotation_gather(shape: tuple[int, int], angles: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear gather indices (A, 4, P) into a flattened map padded with one zero (index P) and weights
     (A, 4, P), reproducing skimage.transform.rotate(order=1, mode='constant', cval=0) about the centre."""
@@ -390,23 +418,17 @@ def _grid_block(acorr: np.ndarray) -> np.ndarray:
         acorr = acorr / acorr.max(axis=(1, 2), keepdims=True)
     radius = _centre_field_radius(np.nan_to_num(acorr, nan=-np.inf))
     outer = int(np.floor(min(h, w) / 2))
-    # distances as opexebo: 1-based indices minus ceil(size / 2)
-    hh, hw = np.ceil(h / 2), np.ceil(w / 2)
-    rr, cc = np.mgrid[1:h + 1, 1:w + 1]
-    d2 = ((cc - hw) ** 2 + (rr - hh) ** 2).ravel().astype(np.int64)
-    keep = d2 < outer * outer
-    # pixels inside the largest ring, ordered by squared distance; shells = runs of equal distance
-    keep = np.flatnonzero(keep)
-    keep = keep[np.argsort(d2[keep], kind="stable")]
-    shells, shell_start, n_shell = np.unique(d2[keep], return_index=True, return_counts=True)
-    idx, wts = _rotation_gather((h, w), GRID_ANGLES)
-    flat = np.concatenate([np.nan_to_num(acorr.reshape(b, -1)), np.zeros((b, 1))], axis=1)
-    rot = np.einsum("bakp,akp->bap", flat[:, idx[:, :, keep]], wts[:, :, keep])  # (b, A, P') rotated
-    x = flat[:, :-1][:, keep]
+    order, shells, n_shell, rotate, per_shell = _ring_geometry(h, w)
+    n_rot = len(GRID_ANGLES)
+    x_all = np.ascontiguousarray(np.nan_to_num(acorr.reshape(b, -1)).T)  # (pixels, b): rows contiguous
+    x = x_all[order]  # (P', b) bins inside the largest ring, by distance
+    rot = (rotate @ x_all).reshape(order.size, n_rot, b)  # (P', A, b) rotated maps
 
     def cum(a: np.ndarray) -> np.ndarray:
-        per_shell = np.add.reduceat(a, shell_start, axis=-1)
-        return np.concatenate([np.zeros(a.shape[:-1] + (1,)), np.cumsum(per_shell, -1)], -1)
+        """Cumulative per-shell sums with a leading zero: (P', b) -> (b, S+1); (P', A, b) -> (b, A, S+1)."""
+        c = np.cumsum((per_shell @ a.reshape(a.shape[0], -1)).reshape((-1,) + a.shape[1:]), axis=0)
+        c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
+        return c.T
 
     cx, cxx = cum(x), cum(x * x)
     cy, cyy, cxy = cum(rot), cum(rot * rot), cum(x[:, None] * rot)
