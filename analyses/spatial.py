@@ -222,20 +222,22 @@ def _erode_cross(a: np.ndarray) -> np.ndarray:
     return -_dilate_cross(-a)
 
 
-def _sweep(v: np.ndarray, m: np.ndarray, conn8: bool) -> None:
-    """One forward and one backward pass along axis 0 of (n, b, k) arrays, in place: each slice takes
-    min(m, max(itself, the previous slice's value (and, if `conn8`, its neighbours along the last axis)))."""
-    n = v.shape[0]
-    for order in (range(1, n), range(n - 2, -1, -1)):
-        step = 1 if order.step == 1 else -1
-        for i in order:
-            prev = v[i - step]
+def _sweep(v: np.ndarray, m: np.ndarray, axis: int, conn8: bool) -> None:
+    """In place, on (h, w, b) arrays (maps last): one forward and one backward pass along `axis` (0 or 1);
+    each slice takes min(m, max(itself, the previous slice (and, if `conn8`, its neighbours)))."""
+    n = v.shape[axis]
+    at = (lambda i: v[i]) if axis == 0 else (lambda i: v[:, i])
+    mt = (lambda i: m[i]) if axis == 0 else (lambda i: m[:, i])
+    for first, last, step in ((1, n, 1), (n - 2, -1, -1)):
+        for i in range(first, last, step):
+            prev, cur = at(i - step), at(i)
             if conn8:
-                prev = prev.copy()
-                np.maximum(prev[:, 1:], v[i - step][:, :-1], out=prev[:, 1:])
-                np.maximum(prev[:, :-1], v[i - step][:, 1:], out=prev[:, :-1])
-            np.maximum(v[i], prev, out=v[i])
-            np.minimum(v[i], m[i], out=v[i])
+                wide = prev.copy()
+                np.maximum(wide[1:], prev[:-1], out=wide[1:])
+                np.maximum(wide[:-1], prev[1:], out=wide[:-1])
+                prev = wide
+            np.maximum(cur, prev, out=cur)
+            np.minimum(cur, mt(i), out=cur)
 
 
 def _reconstruct(seed: np.ndarray, mask: np.ndarray, conn8: bool = False) -> np.ndarray:
@@ -243,22 +245,24 @@ def _reconstruct(seed: np.ndarray, mask: np.ndarray, conn8: bool = False) -> np.
     8-connected: each bin's value is the best over paths from any bin p of min(seed[p], mask along the path).
 
     Computed by sequential sweeps (left-right, right-left, top-bottom, bottom-top; each sweep carries values
-    along a whole row or column in one pass) repeated until no map changes; maps that converged leave the
-    working set. Smooth maps converge in a few rounds, where parallel dilation needs one round per bin of
-    path length."""
-    out = np.array(seed)
-    active = np.arange(out.shape[0])
-    while active.size:
-        cur = out[active]
-        mk = mask[active]
-        vx, mx = np.ascontiguousarray(cur.transpose(2, 0, 1)), np.ascontiguousarray(mk.transpose(2, 0, 1))
-        _sweep(vx, mx, conn8)  # along x
-        vy, my = np.ascontiguousarray(vx.transpose(2, 1, 0)), np.ascontiguousarray(mk.transpose(1, 0, 2))
-        _sweep(vy, my, conn8)  # along y
-        new = vy.transpose(1, 0, 2)
-        changed = (new != cur).any(axis=(1, 2))
-        out[active] = new
-        active = active[changed]
+    along a whole row or column in one pass, for all maps at once: arrays are (h, w, b)) repeated until no map
+    changes; maps that converged leave the working set once it halves. Smooth maps converge in a few rounds,
+    where parallel dilation needs one round per bin of path length."""
+    v = np.ascontiguousarray(np.moveaxis(seed, 0, -1))
+    m = np.ascontiguousarray(np.moveaxis(mask, 0, -1))
+    out = np.empty_like(seed)
+    active = np.arange(seed.shape[0])
+    while True:
+        before = v.copy()
+        _sweep(v, m, 1, conn8)
+        _sweep(v, m, 0, conn8)
+        changed = (v != before).any(axis=(0, 1))
+        done = ~changed
+        out[active[done]] = np.moveaxis(v[..., done], -1, 0)
+        if not changed.any():
+            break
+        if done.sum() * 2 >= active.size:  # converged maps (already stored) leave once they are half
+            v, m, active = v[..., changed].copy(), m[..., changed].copy(), active[changed]
     return out
 
 
