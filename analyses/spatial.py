@@ -127,19 +127,19 @@ def selectivity(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none") -> n
 
 
 # ----------------------------------------------------------------------------------- autocorrelogram
-def _corr_fft(shape: tuple[int, int]) -> tuple[Callable, Callable]:
-    """FFT helpers for correlations at lags |dy| <= H - 1, |dx| <= W - 1 (fast FFT sizes >= 2n - 1)."""
-    fshape = tuple(sp_fft.next_fast_len(2 * n - 1, real=True) for n in shape)
-    h, w = shape
+def _corr_fft(shape: tuple[int, int], lags: tuple[int, int]) -> tuple[Callable, Callable]:
+    """FFT helpers for correlations of (H, W) maps at lags |dy| <= lags[0], |dx| <= lags[1] (< H, W): FFT
+    sizes >= H + lag (the smallest without wrap-around at those lags), fast lengths."""
+    fshape = tuple(sp_fft.next_fast_len(n + lag, real=True) for n, lag in zip(shape, lags))
+    iy, ix = (np.arange(-lag, lag + 1) % f for lag, f in zip(lags, fshape))
 
     def fwd(a: np.ndarray) -> np.ndarray:
         return sp_fft.rfft2(a, s=fshape, workers=-1)
 
     def corr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
-        """(..., 2H-1, 2W-1): out[lag + (H-1, W-1)] = sum_p a(p) b(p + lag)."""
+        """(..., 2 lags[0] + 1, 2 lags[1] + 1): out[lag + lags] = sum_p a(p) b(p + lag)."""
         c = sp_fft.irfft2(np.conj(fa) * fb, s=fshape, workers=-1)
-        c = np.roll(c, (h - 1, w - 1), axis=(-2, -1))
-        return c[..., :2 * h - 1, :2 * w - 1]
+        return c[..., iy[:, None], ix[None, :]]
 
     return fwd, corr
 
@@ -166,16 +166,16 @@ def _autocorr_block(maps: np.ndarray, nan: str, crop: bool) -> np.ndarray:
     centre = np.where(valid, x, 0.0).sum(axis=(1, 2), keepdims=True) / np.maximum(
         valid.sum(axis=(1, 2), keepdims=True), 1)
     x = np.where(valid, x - centre, 0.0)
-    m = valid.astype(np.float64)
-    fwd, corr = _corr_fft((h, w))
+    # one visited mask for all maps (maps from one recording share the occupancy): its FFTs once
+    shared = bool((valid == valid[:1]).all())
+    m = (valid[:1] if shared else valid).astype(np.float64)
+    lags = tuple((s.stop - s.start) // 2 for s in _crop_slices((h, w))) if crop else (h - 1, w - 1)
+    fwd, corr = _corr_fft((h, w), lags)
     fx, fm, fx2 = fwd(x), fwd(m), fwd(x * x)
     n = np.rint(corr(fm, fm))
     sa, saa = corr(fx, fm), corr(fx2, fm)  # sums over the pairs' first member; the second is the lag flip
     sb, sbb = sa[..., ::-1, ::-1], saa[..., ::-1, ::-1]
     sab = corr(fx, fx)
-    if crop:
-        sl = (slice(None),) + _crop_slices((h, w))
-        n, sa, sb, saa, sbb, sab = (a[sl] for a in (n, sa, sb, saa, sbb, sab))
     # a lag's variance below 1e-10 of the map's total sum of squares is FFT round-off, not signal: r = 0 there
     energy = (x * x).sum(axis=(1, 2), keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
