@@ -282,29 +282,20 @@ def _quantize(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> np.
     return q.astype(np.uint8)
 
 
-def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
-    """Radius (bins, float; NaN when no field) of the autocorrelogram's centre field, as opexebo's
-    `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
-    min_bins 5) on the opening-by-reconstruction of the map, radius = floor(sqrt(area / pi)).
+def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (b, h, w) maps and descending `thresholds` (K,): the area of the centre field (the 4-connected
+    component of {fmap >= peak * t} holding the centre bin, (ceil(h/2) - 1, ceil(w/2) - 1)) at every threshold
+    and whether it encloses a hole (bins outside it not 4-connected to the border through bins outside it, as
+    `ndimage.binary_fill_holes`): (b, K) float areas and (b, K) bools.
 
-    The adaptive threshold walks 0.95, 0.93, ..., 0.2 of the peak and stops before the field's 4-connected
-    area jumps to >= 3x the initial growth ratio or the field encloses a hole, or after 10 steps without
-    change. Instead of labelling per threshold, the map is quantised to threshold steps q (how many thresholds
-    a bin passes) and two reconstructions give every threshold at once: `level` (the highest step at which a
-    bin is 4-connected to the centre: reconstruction by dilation from the centre) and `escape` (the lowest
-    level at which a bin still reaches the border through lower bins: reconstruction by erosion from the
-    border). Field at step j = {level >= j}; a hole exists at j iff some bin has level < j <= escape. Areas and
-    holes of all steps are then counted with one bincount per block.
-    Knowingly different: where opexebo's field is already invalid at 0.95/0.93 (a hole), it retries at higher
-    thresholds; this returns NaN (rare: a hole next to the peak of an autocorrelogram).
-    """
-    b, h, w = acorr.shape
+    The maps are quantised to q = how many thresholds a bin passes; `level` (the highest q at which a bin is
+    4-connected to the centre: reconstruction by dilation from the centre) and `escape` (the lowest level at
+    which a bin still reaches the border through lower levels: reconstruction by erosion from the border)
+    give every threshold at once: a bin passes thresholds[j] iff q >= K - j, so the field at thresholds[j] is
+    {level >= K - j} and a hole bin has level < K - j <= escape; both are counted for all thresholds with one
+    bincount per block."""
+    b, h, w = fmap.shape
     ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
-    # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
-    marker = np.minimum(_erode_cross(acorr), acorr)
-    fmap = _reconstruct(marker, acorr, conn8=True)
-    peak = fmap[:, ch, cw].copy()
-    thresholds = _EXPAND_THRESHOLDS
     k = thresholds.size
     q = _quantize(fmap, peak, thresholds)
     seed = np.zeros_like(q)
@@ -319,14 +310,34 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     lv = level.reshape(b, -1).astype(np.int64)
     es = escape.reshape(b, -1)
     offs = (np.arange(b) * (k + 2))[:, None]
-    # a bin passes thresholds[j] iff q >= k - j. Field at thresholds[j] = {level >= k - j}
     count = np.bincount((lv + offs).ravel(), minlength=b * (k + 2)).reshape(b, k + 2)
-    area = count[:, ::-1].cumsum(1)[:, ::-1][:, k:0:-1].astype(np.float64)
-    # hole bins at thresholds[j]: level < k - j <= escape -> +1 at level + 1, -1 at escape + 1
-    hole = es > lv
+    area = count[:, ::-1].cumsum(1)[:, ::-1][:, k:0:-1].astype(np.float64)  # #{level >= k - j}
+    hole = es > lv  # hole bin for k - j in (level, escape]: +1 at level + 1, -1 at escape + 1
     diff = np.bincount((lv + 1 + offs)[hole], minlength=b * (k + 2)) - \
         np.bincount((es + 1 + offs)[hole], minlength=b * (k + 2))
     holes = diff.reshape(b, k + 2).cumsum(1)[:, k:0:-1] > 0
+    return area, holes
+
+
+def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
+    """Radius (bins, float; NaN when no field) of the autocorrelogram's centre field, as opexebo's
+    `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
+    min_bins 5) on the opening-by-reconstruction of the map, radius = floor(sqrt(area / pi)).
+
+    The adaptive threshold walks 0.95, 0.93, ..., 0.2 of the peak and stops before the field's 4-connected
+    area jumps to >= 3x the initial growth ratio or the field encloses a hole, or after 10 steps without
+    change. Areas and holes at all thresholds come from `_field_steps` (no labelling per threshold); the walk
+    itself is `_adaptive_area`, vectorised over maps.
+    Knowingly different: where opexebo's field is already invalid at 0.95/0.93 (a hole), it retries at higher
+    thresholds; this returns NaN (rare: a hole next to the peak of an autocorrelogram).
+    """
+    b, h, w = acorr.shape
+    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
+    # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
+    marker = np.minimum(_erode_cross(acorr), acorr)
+    fmap = _reconstruct(marker, acorr, conn8=True)
+    peak = fmap[:, ch, cw].copy()
+    area, holes = _field_steps(fmap, peak, _EXPAND_THRESHOLDS)
     result = _adaptive_area(area, holes, ~np.isfinite(peak) | (peak <= 0))
     with np.errstate(invalid="ignore"):
         result[result < 5] = np.nan

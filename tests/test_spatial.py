@@ -143,3 +143,45 @@ def test_figures_render(ref, maps, tmp_path):
     assert fig.axes[5].get_title().startswith(f"{best}:")
     fig.savefig(tmp_path / "top.png")
     assert score_distributions(scores).axes and compare_preparations(scores["block.0"], scores["block.1"]).axes
+
+
+def _smooth_fields(n, shape, seed):
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    maps = np.stack([gaussian_filter(rng.normal(size=shape), s) for s in rng.uniform(1.0, 4.0, n)])
+    return maps / np.abs(maps).max(axis=(1, 2), keepdims=True)
+
+
+def test_reconstruction_sweeps_equal_iterated_dilation():
+    """`_reconstruct` (row/column sweeps) is the fixed point of parallel geodesic dilation, 4- and 8-connected."""
+    from scipy import ndimage
+    from analyses.spatial import _reconstruct
+    mask = _smooth_fields(40, (23, 31), seed=4)
+    seed = np.where(np.random.default_rng(5).random(mask.shape) < 0.02, mask, -np.inf)
+    seed[:, 11, 15] = mask[:, 11, 15]
+    for conn8, fp in ((False, ndimage.generate_binary_structure(2, 1)), (True, np.ones((3, 3), bool))):
+        ref = seed.copy()
+        while True:
+            new = np.minimum(ndimage.grey_dilation(ref, footprint=fp[None], mode="nearest"), mask)
+            if (new == ref).all():
+                break
+            ref = new
+        np.testing.assert_array_equal(_reconstruct(seed, mask, conn8=conn8), ref)
+
+
+def test_centre_field_steps_equal_labelling_per_threshold():
+    """Areas and holes of the centre field at every threshold equal ndimage.label / binary_fill_holes."""
+    from scipy import ndimage
+    from analyses.spatial import _EXPAND_THRESHOLDS, _field_steps
+    fmap = _smooth_fields(60, (25, 25), seed=6)
+    fmap[:, 12, 12] = 1.0
+    fmap[::7, 3:6, 3:6] = -np.inf  # unvisited corners never join a field
+    peak = fmap[:, 12, 12]
+    area, holes = _field_steps(fmap, peak, _EXPAND_THRESHOLDS)
+    assert holes.any() and (~holes).any() and np.unique(area).size > 20  # the check sees varied fields
+    for i, m in enumerate(fmap):
+        for j, t in enumerate(_EXPAND_THRESHOLDS):
+            lab, _ = ndimage.label(m >= peak[i] * t)
+            field = lab == lab[12, 12]
+            assert area[i, j] == field.sum(), (i, t)
+            assert holes[i, j] == (ndimage.binary_fill_holes(field) != field).any(), (i, t)
