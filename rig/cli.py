@@ -61,13 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="finish an interrupted or failed session")
     p.add_argument("session", help="session folder, id or unique id prefix")
+    p.add_argument("--archive", help="archive to look the id up in (default $RIG_ARCHIVE or ./sessions)")
     p.add_argument("--force", action="store_true", help="resume even if the code or protocol changed")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("rerun", help="run a session's resolved protocol again as a new session")
     p.add_argument("session")
-    p.add_argument("--archive")
+    p.add_argument("--archive", help="archive to look the id up in and to write the new session to")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_rerun)
 
@@ -114,7 +115,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .session import resume
 
-    session = resume(args.session, progress=not args.quiet, force=args.force)
+    session = resume(args.session, progress=not args.quiet, force=args.force, archive=args.archive)
     print(f"session {session.id}: {session.status}\n  {session.path}")
     return 0
 
@@ -122,7 +123,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_rerun(args: argparse.Namespace) -> int:
     from .session import open_session, run
 
-    old = open_session(args.session)
+    old = open_session(args.session, archive=args.archive)
     archive = args.archive or old.path.parent
     if (old.path / "protocol.toml").is_file():
         overrides_file = old.path / "overrides.json"

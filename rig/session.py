@@ -191,13 +191,14 @@ def preflight(proto: Protocol, source: str) -> Any:
     return subject
 
 
-def resume(path: str | os.PathLike, progress: bool = True, force: bool = False) -> Session:
+def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
+           archive: str | os.PathLike | None = None) -> Session:
     """Finish an incomplete session, redoing only the steps that are not done.
 
     Refuses (with the reason) when the protocol file was edited since, or when the code that made the finished
     steps differs from the code running now (results would mix), unless `force`.
     """
-    session = open_session(path)
+    session = open_session(path, archive)
     info = session.info
     status = session.status
     if status == "completed":
@@ -242,7 +243,7 @@ class Runner:
     def run(self) -> Session:
         from .steps import StepContext, run_step
 
-        with self._exclusive(), self._logging() as log, self._heartbeat(), _sigterm_raises():
+        with self._exclusive(), self._logging() as log, self._heartbeat(), _sigterm_raises() as received:
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None)
             ctx = StepContext(self.folder, self.protocol, log=log, progress=self.progress,
                               headline=self.info.setdefault("headline", {}))
@@ -251,6 +252,8 @@ class Runner:
             current = None
             try:
                 for key in step_keys(self.protocol):
+                    if received["signal"]:
+                        raise SessionInterrupted(f"signal {received['signal']}")
                     if self.info["steps"][key].get("status") == "done":
                         log.info("step %s already done", key)
                         continue
@@ -262,6 +265,9 @@ class Runner:
                     seconds = round(time.perf_counter() - t0, 3)
                     self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=outputs)
                     log.info("step %s done in %.1f s", key, seconds)
+                    current = None
+                if received["signal"]:
+                    raise SessionInterrupted(f"signal {received['signal']}")
                 self._update(status="completed")
                 self._report(log)
             except (KeyboardInterrupt, SessionInterrupted):
@@ -349,17 +355,23 @@ class Runner:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception in the main thread, so the session is marked interrupted."""
+def _sigterm_raises() -> Iterator[dict[str, int | None]]:
+    """Turn SIGTERM into `SessionInterrupted` in the main thread, so the session is marked interrupted.
+
+    The handler also records the signal in the yielded dict: an exception raised while Python runs a finalizer
+    is swallowed, so the runner checks the record at every step boundary as well.
+    """
+    received: dict[str, int | None] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
+        received["signal"] = signum
         raise SessionInterrupted(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -170,6 +170,14 @@ def _extent(ctx: StepContext, extent: tuple[float, float] | None) -> tuple[float
     return (lo, hi, lo, hi)
 
 
+def canonical_dims(da: xr.DataArray) -> xr.DataArray:
+    """Rename a site's size-suffixed dims (`unit_512`, used when sites of one recording differ in size) back to
+    their role (`unit`)."""
+    import re
+
+    return da.rename({d: m.group(1) for d in da.dims if (m := re.fullmatch(r"(unit|token|y|x)_\d+", str(d)))})
+
+
 def _units_first(da: xr.DataArray, keep: tuple[str, ...]) -> xr.DataArray:
     """Stack every dim except `keep` into one `cell` dim (site-independent unit list), in dim order."""
     other = [d for d in da.dims if d not in keep]
@@ -318,7 +326,7 @@ def perturb_unit_lesions(ctx: StepContext, spec: Any) -> list[str]:
 
                 raise SiteError(f"perturb.{spec.key}: site {spec.site!r} has no ratemaps in analyses/{spec.ratemaps}.nc;"
                                 f" record and map it (mapped: {', '.join(v for v in rm.data_vars if v != 'occupancy')})")
-            maps = rm[spec.site].load()
+            maps = canonical_dims(rm[spec.site].load())
         if "token" in maps.dims:  # targeted lesions silence channels at every token: rank them by the CLS map
             maps = maps.isel(token=0)
             ctx.log.info("unit lesions: ranking units of %s by the ratemaps of token 0 (CLS)", spec.site)

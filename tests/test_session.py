@@ -1,0 +1,242 @@
+"""Sessions end to end on the planted-truth phantom: run, browse, kill (SIGKILL / SIGTERM), resume, refuse."""
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+import rig
+from rig.errors import RigError
+
+PHANTOM = """\
+schema_version = 1
+name = "phantom-session"
+description = "planted truth <b>&</b> \\"quotes\\""
+
+[subject]
+source = "phantom"
+
+[stimuli]
+generator = "circles"
+n = {n}
+diameter = [20, 40]
+seed = 1
+
+[record]
+sites = ["place", "grid", "border", "units"]
+batch_size = {batch}
+
+[behaviour]
+prompts = ["a stimulus", "an empty image"]
+target = "a stimulus"
+
+[[analyse]]
+type = "ratemaps"
+bins = 14
+
+[[analyse]]
+type = "spatial_scores"
+shuffles = 0
+
+[[perturb]]
+type = "unit_lesions"
+site = "place"
+strategy = ["random", "targeted"]
+proportions = [0.0, 0.5, 1.0]
+repeats = 2
+n_stimuli = 40
+"""
+
+
+def _protocol(tmp_path: Path, n: int = 300, batch: int = 32) -> Path:
+    f = tmp_path / "phantom.toml"
+    f.write_text(PHANTOM.format(n=n, batch=batch))
+    return f
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rig.cli", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """An archive with two completed phantom sessions that differ in one setting."""
+    root = tmp_path_factory.mktemp("archive")
+    proto = _protocol(tmp_path_factory.mktemp("p"))
+    a = rig.run(proto, archive=root, progress=False)
+    b = rig.run(proto, archive=root, overrides=["stimuli.seed=2"], progress=False)
+    return root, a, b
+
+
+def test_session_folder_holds_every_step(archive):
+    root, a, _ = archive
+    assert a.status == "completed"
+    for name in ("protocol.toml", "protocol.resolved.json", "session.json", "provenance.json", "stimuli.nc",
+                 "recording.nc", "behaviour.nc", "analyses/ratemaps.nc", "analyses/spatial_scores.nc",
+                 "perturb/unit_lesions.nc", "report.html", "log.txt"):
+        assert (a.path / name).is_file(), name
+    assert not list(a.path.rglob("*.partial"))
+    info = a.info
+    assert all(s["status"] == "done" for s in info["steps"].values())
+    prov = a.provenance
+    assert prov["stimulus_hash"] == a.stimuli.content_hash()
+    assert prov["protocol_hash"] == a.protocol.hash() and len(prov["weights_sha256"]) == 64
+    rec = a.recording
+    assert rec["place"].dims == ("stimulus", "unit_64") and rec.sizes["stimulus"] == 300  # sites differ in size
+    assert {"x", "y", "diameter"} <= set(rec.coords)
+    assert 0.9 < float(a.behaviour["target_probability"].mean()) <= 1
+    results = a.results
+    assert {"analyses/ratemaps", "analyses/spatial_scores", "perturb/unit_lesions"} <= set(results)
+    # planted truth survives the whole pipeline: the lesion of all place units abolishes detection
+    lesion = results["perturb/unit_lesions"]
+    assert float(lesion["mean"].sel(strategy="targeted", proportion=1.0)) < 0.2
+
+
+def test_browsing_commands(archive):
+    root, a, b = archive
+    out = _cli("ls", "--archive", str(root), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["id"] for r in rows] == [b.id, a.id]  # newest first
+    out = _cli("show", a.id, "--archive", str(root), "--json")
+    shown = json.loads(out.stdout)
+    assert shown["status"] == "completed" and shown["headline"]["stimuli"] == 300
+    out = _cli("diff", a.id, b.id, "--archive", str(root), "--json")
+    diff = json.loads(out.stdout)
+    assert diff["settings"] == {"stimuli.seed": [1, 2]}
+    out = _cli("ls", "--archive", str(root), "--where", "stimuli.seed=2", "--json")
+    assert [r["id"] for r in json.loads(out.stdout)] == [b.id]
+    assert rig.open_session(a.path).status == "completed"
+    assert rig.Archive(root).sessions().shape[0] == 2
+
+
+def test_copied_session_still_opens_and_reports(archive, tmp_path):
+    _, a, _ = archive
+    copy = tmp_path / "elsewhere" / a.id
+    shutil.copytree(a.path, copy)
+    s = rig.open_session(copy)
+    assert s.status == "completed" and s.recording["units"].shape == (300, 100)
+    out = _cli("report", "--archive", str(copy.parent))
+    assert out.returncode == 0, out.stderr
+    html = (copy / "report.html").read_text()
+    assert "<b>&</b>" not in html and "&lt;b&gt;&amp;&lt;/b&gt;" in html
+
+
+def _start(proto: Path, root: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rig.cli", "run", str(proto), "--archive", str(root), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"session ended before the condition: {proc.communicate()}")
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_during_recording_then_resume_equals_uninterrupted(tmp_path):
+    proto = _protocol(tmp_path, n=1500, batch=8)
+    root = tmp_path / "archive"
+    proc = _start(proto, root)
+    parts = lambda: list(root.glob("*/recording.nc.parts/part-00000.nc"))  # noqa: E731
+    _wait_for(lambda: bool(parts()), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = parts()[0].parent.parent
+    assert rig.open_session(folder).status == "stale"
+    out = _cli("ls", "--archive", str(root), "--json")
+    assert json.loads(out.stdout)[0]["status"] == "stale"
+    assert not (folder / "recording.nc").exists()
+    for f in folder.rglob("*.nc"):  # every finished file opens: nothing truncated under a final name
+        netCDF4.Dataset(f).close()
+    out = _cli("resume", folder.name, "--archive", str(root), "--quiet")
+    assert out.returncode == 0, out.stderr
+    resumed = rig.open_session(folder)
+    assert resumed.status == "completed"
+    fresh = rig.run(proto, archive=tmp_path / "fresh", progress=False)
+    for name in ("recording.nc", "behaviour.nc", "analyses/ratemaps.nc", "perturb/unit_lesions.nc"):
+        with xr.open_dataset(folder / name) as x, xr.open_dataset(fresh.path / name) as y:
+            xr.testing.assert_identical(x.drop_attrs(), y.drop_attrs())
+
+
+@pytest.mark.slow
+def test_sigterm_marks_interrupted(tmp_path):
+    proto = _protocol(tmp_path, n=1500, batch=8)
+    root = tmp_path / "archive"
+    proc = _start(proto, root)
+    _wait_for(lambda: any(json.loads(p.read_text()).get("steps", {}).get("record", {}).get("status") == "running"
+                          for p in root.glob("*/session.json")), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rig resume" in err and "Traceback" not in err, err
+    (folder,) = root.iterdir()
+    info = json.loads((folder / "session.json").read_text())
+    assert info["status"] == "interrupted" and info["steps"]["record"]["status"] == "interrupted"
+
+
+def _interrupted_session(tmp_path: Path) -> Path:
+    """A session stopped after its design step (the record step raised)."""
+    proto = _protocol(tmp_path, n=50)
+    root = tmp_path / "archive"
+    with pytest.raises(KeyboardInterrupt):
+        from rig import steps
+
+        original = steps.record
+        steps.record = lambda ctx: (_ for _ in ()).throw(KeyboardInterrupt())
+        try:
+            rig.run(proto, archive=root, progress=False)
+        finally:
+            steps.record = original
+    (folder,) = root.iterdir()
+    return folder
+
+
+def test_interrupt_then_resume_redoes_only_unfinished_steps(tmp_path):
+    folder = _interrupted_session(tmp_path)
+    info = json.loads((folder / "session.json").read_text())
+    assert info["status"] == "interrupted" and info["steps"]["design"]["status"] == "done"
+    stamp = (folder / "stimuli.nc").stat().st_mtime_ns
+    s = rig.resume(folder, progress=False)
+    assert s.status == "completed"
+    assert (folder / "stimuli.nc").stat().st_mtime_ns == stamp  # design was not redone
+
+
+def test_resume_refuses_edited_protocol_and_a_locked_session(tmp_path):
+    folder = _interrupted_session(tmp_path)
+    text = (folder / "protocol.toml").read_text()
+    (folder / "protocol.toml").write_text(text.replace("n = 50", "n = 60"))
+    with pytest.raises(RigError, match="protocol.toml was edited"):
+        rig.resume(folder, progress=False)
+    (folder / "protocol.toml").write_text(text)
+    fd = os.open(folder / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RigError, match="being written by another process"):
+            rig.resume(folder, progress=False)
+    finally:
+        os.close(fd)
+
+
+def test_mistakes_leave_no_session_behind(tmp_path):
+    proto = _protocol(tmp_path)
+    proto.write_text(proto.read_text().replace('"place", "grid"', '"plaec", "grid"'))
+    root = tmp_path / "archive"
+    out = _cli("run", str(proto), "--archive", str(root))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{proto}:" in out.stderr and "record.sites" in out.stderr and "place" in out.stderr
+    assert not root.exists() or not any(root.iterdir())
