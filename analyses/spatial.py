@@ -209,22 +209,21 @@ def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
 
 
 # ----------------------------------------------------------------------------------------- grid score
-def _dilate_cross(a: np.ndarray) -> np.ndarray:
+# The centre-field search works on maps-last arrays (h, w, b): every row/column slice is contiguous over maps.
+def _erode_cross(a: np.ndarray) -> np.ndarray:
+    """Grey erosion of (h, w, b) maps by the 4-neighbour cross (bins outside the map are ignored)."""
     out = a.copy()
-    np.maximum(out[:, 1:], a[:, :-1], out=out[:, 1:])
-    np.maximum(out[:, :-1], a[:, 1:], out=out[:, :-1])
-    np.maximum(out[:, :, 1:], a[:, :, :-1], out=out[:, :, 1:])
-    np.maximum(out[:, :, :-1], a[:, :, 1:], out=out[:, :, :-1])
+    for ax in (0, 1):
+        lo, hi = [slice(None)] * 2, [slice(None)] * 2
+        lo[ax], hi[ax] = slice(None, -1), slice(1, None)
+        np.minimum(out[tuple(hi)], a[tuple(lo)], out=out[tuple(hi)])
+        np.minimum(out[tuple(lo)], a[tuple(hi)], out=out[tuple(lo)])
     return out
 
 
-def _erode_cross(a: np.ndarray) -> np.ndarray:
-    return -_dilate_cross(-a)
-
-
 def _sweep(v: np.ndarray, m: np.ndarray, axis: int, conn8: bool) -> None:
-    """In place, on (h, w, b) arrays (maps last): one forward and one backward pass along `axis` (0 or 1);
-    each slice takes min(m, max(itself, the previous slice (and, if `conn8`, its neighbours)))."""
+    """In place, on (h, w, b) arrays: one forward and one backward pass along `axis` (0 or 1); each slice
+    takes min(m, max(itself, the previous slice (and, if `conn8`, its neighbours)))."""
     n = v.shape[axis]
     at = (lambda i: v[i]) if axis == 0 else (lambda i: v[:, i])
     mt = (lambda i: m[i]) if axis == 0 else (lambda i: m[:, i])
@@ -241,36 +240,34 @@ def _sweep(v: np.ndarray, m: np.ndarray, axis: int, conn8: bool) -> None:
 
 
 def _reconstruct(seed: np.ndarray, mask: np.ndarray, conn8: bool = False) -> np.ndarray:
-    """Greyscale reconstruction by dilation of `seed` under `mask` (both (b, h, w), seed <= mask), 4- or
+    """Greyscale reconstruction by dilation of `seed` under `mask` (both (h, w, b), seed <= mask), 4- or
     8-connected: each bin's value is the best over paths from any bin p of min(seed[p], mask along the path).
 
     Computed by sequential sweeps (left-right, right-left, top-bottom, bottom-top; each sweep carries values
-    along a whole row or column in one pass, for all maps at once: arrays are (h, w, b)) repeated until no map
-    changes; maps that converged leave the working set once it halves. Smooth maps converge in a few rounds,
-    where parallel dilation needs one round per bin of path length."""
-    v = np.ascontiguousarray(np.moveaxis(seed, 0, -1))
-    m = np.ascontiguousarray(np.moveaxis(mask, 0, -1))
-    out = np.empty_like(seed)
-    active = np.arange(seed.shape[0])
-    while True:
+    along a whole row or column in one pass, for all maps at once) repeated until no map changes; converged
+    maps leave the working set once they are half of it. Smooth maps converge in a few rounds, where parallel
+    dilation needs one round per bin of path length."""
+    v, m = np.array(seed), np.ascontiguousarray(mask)
+    out = v if v.shape[-1] == 0 else np.empty_like(v)
+    active = np.arange(v.shape[-1])
+    while active.size:
         before = v.copy()
         _sweep(v, m, 1, conn8)
         _sweep(v, m, 0, conn8)
         changed = (v != before).any(axis=(0, 1))
-        done = ~changed
-        out[active[done]] = np.moveaxis(v[..., done], -1, 0)
+        out[..., active[~changed]] = v[..., ~changed]
         if not changed.any():
             break
-        if done.sum() * 2 >= active.size:  # converged maps (already stored) leave once they are half
+        if (~changed).sum() * 2 >= active.size:
             v, m, active = v[..., changed].copy(), m[..., changed].copy(), active[changed]
     return out
 
 
 def _quantize(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(b, h, w) uint8: how many of the descending `thresholds` t satisfy fmap >= peak * t (exactly that
-    comparison; 0 where fmap is -inf or peak is not positive)."""
+    """uint8 array like `fmap`: how many of the descending `thresholds` t satisfy fmap >= peak * t (exactly
+    that comparison; 0 where fmap is -inf or peak is not positive). `peak` broadcasts against `fmap`."""
     k = thresholds.size
-    p = peak[:, None, None]
+    p = peak
     with np.errstate(invalid="ignore", divide="ignore"):
         q = np.searchsorted(thresholds[::-1], fmap / p, side="right")
     q = np.where(np.isfinite(fmap) & (p > 0) & np.isfinite(p), q, 0)
@@ -283,10 +280,10 @@ def _quantize(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> np.
 
 
 def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For (b, h, w) maps and descending `thresholds` (K,): the area of the centre field (the 4-connected
-    component of {fmap >= peak * t} holding the centre bin, (ceil(h/2) - 1, ceil(w/2) - 1)) at every threshold
-    and whether it encloses a hole (bins outside it not 4-connected to the border through bins outside it, as
-    `ndimage.binary_fill_holes`): (b, K) float areas and (b, K) bools.
+    """For maps `fmap` (h, w, b), peaks (b,) and descending `thresholds` (K,): the area of the centre field
+    (the 4-connected component of {fmap >= peak * t} holding the centre bin, (ceil(h/2) - 1, ceil(w/2) - 1))
+    at every threshold and whether it encloses a hole (bins outside it not 4-connected to the border through
+    bins outside it, as `ndimage.binary_fill_holes`): (b, K) float areas and (b, K) bools.
 
     The maps are quantised to q = how many thresholds a bin passes; `level` (the highest q at which a bin is
     4-connected to the centre: reconstruction by dilation from the centre) and `escape` (the lowest level at
@@ -294,22 +291,22 @@ def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> 
     give every threshold at once: a bin passes thresholds[j] iff q >= K - j, so the field at thresholds[j] is
     {level >= K - j} and a hole bin has level < K - j <= escape; both are counted for all thresholds with one
     bincount per block."""
-    b, h, w = fmap.shape
+    h, w, b = fmap.shape
     ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
     k = thresholds.size
     q = _quantize(fmap, peak, thresholds)
     seed = np.zeros_like(q)
-    seed[:, ch, cw] = q[:, ch, cw]
+    seed[ch, cw] = q[ch, cw]
     level = _reconstruct(seed, q)
     # escape by duality: k - escape is the reconstruction by dilation of k - level from the border
     inv = (k - level).astype(np.uint8)
     seed = np.zeros_like(inv)
-    for sl in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0), (slice(None), slice(None), -1)):
+    for sl in (0, -1, (slice(None), 0), (slice(None), -1)):
         seed[sl] = inv[sl]
     escape = k - _reconstruct(seed, inv).astype(np.int64)
-    lv = level.reshape(b, -1).astype(np.int64)
-    es = escape.reshape(b, -1)
-    offs = (np.arange(b) * (k + 2))[:, None]
+    lv = level.reshape(h * w, b).astype(np.int64)
+    es = escape.reshape(h * w, b)
+    offs = np.arange(b) * (k + 2)
     count = np.bincount((lv + offs).ravel(), minlength=b * (k + 2)).reshape(b, k + 2)
     area = count[:, ::-1].cumsum(1)[:, ::-1][:, k:0:-1].astype(np.float64)  # #{level >= k - j}
     hole = es > lv  # hole bin for k - j in (level, escape]: +1 at level + 1, -1 at escape + 1
@@ -320,7 +317,7 @@ def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> 
 
 
 def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
-    """Radius (bins, float; NaN when no field) of the autocorrelogram's centre field, as opexebo's
+    """Radius (bins, float; NaN when no field) of the centre field of (b, h, w) autocorrelograms, as opexebo's
     `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
     min_bins 5) on the opening-by-reconstruction of the map, radius = floor(sqrt(area / pi)).
 
@@ -333,10 +330,10 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     """
     b, h, w = acorr.shape
     ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
+    a = np.ascontiguousarray(np.moveaxis(acorr, 0, -1))
     # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
-    marker = np.minimum(_erode_cross(acorr), acorr)
-    fmap = _reconstruct(marker, acorr, conn8=True)
-    peak = fmap[:, ch, cw].copy()
+    fmap = _reconstruct(np.minimum(_erode_cross(a), a), a, conn8=True)
+    peak = fmap[ch, cw].copy()
     area, holes = _field_steps(fmap, peak, _EXPAND_THRESHOLDS)
     result = _adaptive_area(area, holes, ~np.isfinite(peak) | (peak <= 0))
     with np.errstate(invalid="ignore"):

@@ -166,7 +166,8 @@ def test_reconstruction_sweeps_equal_iterated_dilation():
             if (new == ref).all():
                 break
             ref = new
-        np.testing.assert_array_equal(_reconstruct(seed, mask, conn8=conn8), ref)
+        last = (lambda a: np.moveaxis(a, 0, -1))  # maps last
+        np.testing.assert_array_equal(_reconstruct(last(seed), last(mask), conn8=conn8), last(ref))
 
 
 def test_centre_field_steps_equal_labelling_per_threshold():
@@ -177,7 +178,7 @@ def test_centre_field_steps_equal_labelling_per_threshold():
     fmap[:, 12, 12] = 1.0
     fmap[::7, 3:6, 3:6] = -np.inf  # unvisited corners never join a field
     peak = fmap[:, 12, 12]
-    area, holes = _field_steps(fmap, peak, _EXPAND_THRESHOLDS)
+    area, holes = _field_steps(np.moveaxis(fmap, 0, -1), peak, _EXPAND_THRESHOLDS)  # maps last
     assert holes.any() and (~holes).any() and np.unique(area).size > 20  # the check sees varied fields
     for i, m in enumerate(fmap):
         for j, t in enumerate(_EXPAND_THRESHOLDS):
