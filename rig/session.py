@@ -358,9 +358,13 @@ class Runner:
 def _sigterm_raises() -> Iterator[dict[str, int | None]]:
     """Turn SIGTERM into `SessionInterrupted` in the main thread, so the session is marked interrupted.
 
-    The handler also records the signal in the yielded dict: an exception raised while Python runs a finalizer
-    is swallowed, so the runner checks the record at every step boundary as well.
+    Python swallows (and prints) an exception raised while it runs a finalizer, e.g. a weakref callback; such a
+    swallowed interruption is delivered again (`_thread.interrupt_main`) instead of being printed. The signal
+    is also recorded in the yielded dict, which the runner checks at every step boundary.
     """
+    import _thread
+    import sys
+
     received: dict[str, int | None] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -370,8 +374,16 @@ def _sigterm_raises() -> Iterator[dict[str, int | None]]:
         received["signal"] = signum
         raise SessionInterrupted(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, SessionInterrupted):
+            _thread.interrupt_main(signal.SIGTERM)
+        else:
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
