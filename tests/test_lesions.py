@@ -13,6 +13,7 @@ import stimuli
 from rig.errors import RigError
 from rig.lesions import (PrefixRunner, lesioned, parameter_checksum, proportion_grid, ratemap_at, silenced,
                          unit_lesions, unit_ranks, weight_lesions, weighted_modules)
+from rig.lesions.prefix import cls_only_forward, split_candidates
 from rig.lesions.units import ranks_from_scores
 
 
@@ -249,6 +250,92 @@ def test_per_stimulus_masks_silence_the_right_units_of_the_right_stimuli():
 
 
 # -- strategies --------------------------------------------------------------------------------------------------
+class CountingLinear(nn.Linear):
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+class Staged(nn.Module):
+    """A stem (called once, counted) before a block sequence, and a head after it."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.stem = CountingLinear(12, 8)
+        self.blocks = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)])
+        self.head = nn.Linear(8, 3)
+        for m in [self.stem, *self.blocks, self.head]:
+            nn.init.normal_(m.weight, generator=g)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.blocks(torch.tanh(self.stem(x.flatten(1)[:, :12])))))
+
+
+def test_stem_runs_once_per_batch_shape_not_per_condition():
+    images = np.random.default_rng(3).random((7, 3, 2, 2)).astype(np.float32)
+    subject = TinySubject(Staged())
+    masks = np.random.default_rng(4).random((7, 8)) < 0.5
+    with PrefixRunner(subject, images, batch_size=3) as runner, silenced(subject.model.blocks[2]) as s:
+        runner.prepare("blocks.2")
+        assert runner.split is not None and runner.stem == ["stem"]
+        calls = subject.model.stem.calls
+        cached = [runner.run(lambda o: o, on_batch=lambda idx: setattr(s, "mask", masks[idx] & c)) for c in (False, True)]
+        assert subject.model.stem.calls == calls + 1  # the last (shorter) batch's shape, once
+        s.mask = None
+        runner.run(lambda o: o)
+        assert subject.model.stem.calls == calls + 1
+        full = subject.forward(torch.from_numpy(images)).numpy()
+        np.testing.assert_allclose(cached[0], full, rtol=1e-6, atol=1e-6)
+        s.mask = masks
+        np.testing.assert_allclose(cached[1], subject.forward(torch.from_numpy(images)).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_cls_only_last_block_equals_the_full_block_on_token_0(clip):
+    subject, _ = clip
+    split = split_candidates(subject.model, "visual.transformer.resblocks.1")[0]
+    block, forward = cls_only_forward(subject.model, split)
+    assert block is subject.model.visual.transformer.resblocks[3]
+    x = torch.randn(5, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        part, full = forward(x), block(x)
+    assert part.shape == (5, 1, 64)
+    torch.testing.assert_close(part[:, 0], full[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["visual.transformer.resblocks.3.attn", "visual.transformer.resblocks.3.mlp.c_fc"])
+def test_cls_only_path_with_a_lesion_inside_the_last_block_equals_full_forward(clip, circles, site):
+    subject, _ = clip
+    n_units = 64 if site.endswith("attn") else 256
+    masks = np.random.default_rng(5).random((len(circles), n_units)) < 0.5
+    out = {}
+    for cache in (True, False):
+        with PrefixRunner(subject, circles, batch_size=4, use_cache=cache) as runner, \
+                silenced(subject.model.get_submodule(site)) as s:
+            runner.prepare(site)
+            assert runner.cls_only == cache
+            out[cache] = runner.run(lambda o: o, on_batch=lambda idx: setattr(s, "mask", masks[idx]))
+            assert not cache or runner.stem == ["visual.conv1", "visual.ln_pre", "visual.patch_dropout"]
+    np.testing.assert_allclose(out[True], out[False], rtol=1e-5, atol=1e-6)
+
+
+def test_cls_only_is_not_used_when_the_image_output_is_not_the_cls_token():
+    torch.manual_seed(0)  # noqa: open_clip initialises with the global generator; fixed here for the test only
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(layers=3, width=32, head_width=16, patch_size=16,
+                                                         image_size=32, pool_type="avg"),
+                           text_cfg=dict(context_length=77, vocab_size=49408, width=16, heads=2, layers=1))
+    subject = TinySubject(model)
+    images = np.random.default_rng(6).random((4, 3, 32, 32)).astype(np.float32)
+    assert cls_only_forward(model, split_candidates(model, "visual.transformer.resblocks.1")[0]) is None
+    with PrefixRunner(subject, images, batch_size=2) as runner:
+        runner.prepare("visual.transformer.resblocks.1")
+        assert runner.split is not None and not runner.cls_only
+        np.testing.assert_allclose(runner.run(lambda o: o), subject.forward(torch.from_numpy(images)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_unit_ranks_strategies():
     scores = np.array([[0.1, -5.0, 3.0, np.nan], [2.0, 1.0, -0.5, 0.0]])
     np.testing.assert_array_equal(ranks_from_scores(scores), [[1, 2, 0, 3], [0, 1, 3, 2]])

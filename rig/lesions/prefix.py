@@ -5,10 +5,14 @@ each once: ViT blocks, ResNet stages), a lesion inside block i leaves blocks 0..
 runs the model once per stimulus batch up to block i (the forward is stopped there), keeps the block's input
 (args and kwargs; in memory up to a byte budget, then on disk), and for each condition runs the model's own
 forward again with blocks 0..i-1 made pass-through and block i's input replaced by the cached one, so only
-block i onward and the head are computed (the cheap stem runs on zero images; its output is discarded).
-The first time a container is used the cached path is checked against the full forward on the first batch;
-a mismatch, a site outside any block sequence, or blocks that do not run in order fall back to the exact full
-forward (`runner.fallback` says why).
+block i onward and the head are computed. The model still needs *some* input: it gets zero images, and
+every module that runs before the first block (the stem: patch embedding, ln_pre, earlier ResNet stages) returns
+its output for zero images, computed once per batch shape (`_StemMemo`), so the stem costs nothing per condition.
+For an open_clip ViT whose image output is the CLS token (`pool_type='tok'`, no `attn_pool`, no token output),
+the last block computes attention with the CLS query only and its MLP on CLS only (`cls_only_forward`).
+The first time a container is used the cached path is checked against the full forward on the first batch
+(CLS-only path first, then without it); a mismatch, a site outside any block sequence, or blocks that do not run
+in order fall back to the exact full forward (`runner.fallback` says why).
 """
 from __future__ import annotations
 
@@ -36,6 +40,44 @@ class _Stop(Exception):
 
 def _passthrough(x: Any, *args: Any, **kwargs: Any) -> Any:
     return x
+
+
+def cls_only_forward(model: nn.Module, split: "BlockSplit") -> tuple[nn.Module, Callable] | None:
+    """For an open_clip ViT whose pooled output is token 0, the last block computing only token 0.
+
+    Returns `(last_block, forward)`, where `forward(q_x, attn_mask=None)` equals the block's forward restricted
+    to token 0 (`(B, 1, D)`: keys/values from all tokens, query, residuals and MLP on CLS only; submodule hooks
+    still fire, on CLS-only outputs after `ln_1`); None when the model is not such a ViT (other pooling,
+    `attn_pool`, token outputs, non-batch-first, or a custom block type).
+    """
+    try:
+        from open_clip.transformer import ResidualAttentionBlock, Transformer, VisionTransformer
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return None
+    parts = split.container.split(".")
+    if len(parts) < 2 or parts[-1] != "resblocks":
+        return None
+    modules = dict(model.named_modules())
+    transformer, vit = modules.get(".".join(parts[:-1])), modules.get(".".join(parts[:-2]))
+    if not (isinstance(transformer, Transformer) and isinstance(vit, VisionTransformer)):
+        return None
+    if (getattr(vit, "attn_pool", None) is not None or getattr(vit, "pool_type", None) != "tok"
+            or getattr(vit, "output_tokens", True) or not getattr(transformer, "batch_first", False)
+            or transformer.grad_checkpointing):
+        return None
+    block = transformer.resblocks[-1]
+    if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+        return None
+    original = block.forward
+
+    def forward(q_x: torch.Tensor, k_x: Any = None, v_x: Any = None, attn_mask: Any = None) -> torch.Tensor:
+        if k_x is not None or v_x is not None or attn_mask is not None:
+            return original(q_x, k_x, v_x, attn_mask)
+        y = block.ln_1(q_x)
+        x = q_x[:, :1] + block.ls_1(block.attn(y[:, :1], y, y, need_weights=False)[0])
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    return block, forward
 
 
 @dataclass(frozen=True)
@@ -113,7 +155,10 @@ class PrefixRunner:
         self.split: BlockSplit | None = None
         self.fallback: str | None = "not prepared"
         self._entries: list[tuple[np.ndarray, tuple, Any]] = []  # (indices, image shape, payload | path)
-        self._verified: set[str] = set()
+        self._verified: dict[str, tuple[nn.Module, Callable] | None] = {}  # container -> its CLS-only path
+        self._stem: dict[tuple, dict[str, Any]] = {}  # image shape -> {stem module: its output for zero images}
+        self._inputs: dict[tuple, torch.Tensor] = {}  # image shape -> preprocessed zero images
+        self._cls: tuple[nn.Module, Callable] | None = None  # CLS-only last block, when verified
         self.device = torch.device(getattr(subject, "device", "cpu"))
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -161,6 +206,16 @@ class PrefixRunner:
                     outs.append(self._readout(readout, self._suffix_forward(shape, self._load(payload))))
         return np.concatenate(outs, axis=0)
 
+    @property
+    def cls_only(self) -> bool:
+        """True when the last block computes only the CLS token (verified against the full forward)."""
+        return self.split is not None and self._cls is not None
+
+    @property
+    def stem(self) -> list[str]:
+        """Modules replayed from their zero-image outputs in suffix forwards (empty before the first run)."""
+        return sorted({n for outs in self._stem.values() for n in outs})
+
     def close(self) -> None:
         """Drop the cache (and its folder on disk)."""
         self._entries = []
@@ -183,7 +238,8 @@ class PrefixRunner:
 
     def _set_fallback(self, reason: str) -> None:
         self.close()
-        self.split, self.fallback = None, reason
+        self.split, self.fallback, self._cls = None, reason, None
+        self._stem, self._inputs = {}, {}
 
     def _container(self, split: BlockSplit) -> nn.Module:
         return self.model.get_submodule(split.container) if split.container else self.model
@@ -197,29 +253,84 @@ class PrefixRunner:
         return readout(output).detach().float().cpu().numpy()
 
     @contextlib.contextmanager
-    def _substituted(self, split: BlockSplit, cached: tuple[tuple, dict]) -> Iterator[None]:
-        """Blocks before `split.index` pass through; block `split.index` receives the cached input."""
+    def _substituted(self, split: BlockSplit, cached: tuple[tuple, dict], stem: dict[str, Any] | None = None,
+                     cls_only: bool = False) -> Iterator[None]:
+        """Blocks before `split.index` pass through; block `split.index` receives the cached input; the `stem`
+        modules return their stored outputs; with `cls_only`, the last block computes token 0 only."""
         container = self._container(split)
-        before = [container._modules[k] for k in list(container._modules)[: split.index]]
-        saved = [b.__dict__.get("forward", _MISSING) for b in before]
+        patches: list[tuple[nn.Module, Callable]] = [
+            (container._modules[k], _passthrough) for k in list(container._modules)[: split.index]
+        ]
+        for name, out in (stem or {}).items():
+            patches.append((self.model.get_submodule(name), lambda *a, _o=out, **k: _to(_o, self.device, True)))
+        if cls_only and self._cls is not None:
+            patches.append(self._cls)
+        saved = [m.__dict__.get("forward", _MISSING) for m, _ in patches]
         handle = container._modules[split.key].register_forward_pre_hook(
             lambda m, a, k: (cached[0], cached[1]), with_kwargs=True
         )
         try:
-            for b in before:
-                b.forward = _passthrough
+            for m, f in patches:
+                m.forward = f
             yield
         finally:
             handle.remove()
-            for b, s in zip(before, saved):
+            for (m, _), s in zip(reversed(patches), reversed(saved)):
                 if s is _MISSING:
-                    b.__dict__.pop("forward", None)
+                    m.__dict__.pop("forward", None)
                 else:
-                    b.forward = s
+                    m.forward = s
+
+    def _zero_forward(self, shape: tuple) -> torch.Tensor:
+        """The subject's image path on zero images of `shape` (preprocessing done once per shape)."""
+        from rig.subjects import Subject
+
+        if not (isinstance(self.subject, Subject) and type(self.subject).forward is Subject.forward):
+            return self._forward(np.zeros(shape, np.float32))
+        if shape not in self._inputs:
+            with torch.no_grad():
+                self._inputs[shape] = self.subject.preprocess(torch.zeros(shape, device=self.device))
+        with torch.no_grad():
+            out = self.subject.encode_image(self._inputs[shape])
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _stem_outputs(self, split: BlockSplit, shape: tuple) -> dict[str, Any]:
+        """Outputs, for zero images of `shape`, of the outermost modules that run once before the container's
+        first block (and are not its ancestors): they do not depend on the cached input, so they are computed
+        once and replayed in every suffix forward."""
+        if shape in self._stem:
+            return self._stem[shape]
+        container = self._container(split)
+        skip = {n for n, _ in container.named_modules(prefix=split.container)}
+        parts = split.container.split(".") if split.container else []
+        skip |= {".".join(parts[:j]) for j in range(len(parts))}
+        calls: dict[str, list] = {}
+
+        def record(name: str):
+            return lambda m, a, out: calls.setdefault(name, []).append(_to(out, self.device, clone=True))
+
+        def stop(m: nn.Module, a: tuple) -> None:
+            raise _Stop
+
+        handles = [m.register_forward_hook(record(n)) for n, m in self.model.named_modules() if n not in skip]
+        handles.append(next(iter(container._modules.values())).register_forward_pre_hook(stop))
+        stopped = False
+        try:
+            self._zero_forward(shape)
+        except _Stop:
+            stopped = True
+        finally:
+            for h in handles:
+                h.remove()
+        once = {n for n, outs in calls.items() if len(outs) == 1} if stopped else set()
+        outer = {n for n in once if not any(n.startswith(o + ".") for o in once)}
+        self._stem[shape] = {n: calls[n][0] for n in outer}
+        return self._stem[shape]
 
     def _suffix_forward(self, shape: tuple, cached: tuple[tuple, dict]) -> torch.Tensor:
-        with self._substituted(self.split, cached):
-            return self._forward(np.zeros(shape, np.float32))
+        stem = self._stem_outputs(self.split, shape)
+        with self._substituted(self.split, cached, stem, cls_only=True):
+            return self._zero_forward(shape)
 
     def _capture(self, images: np.ndarray, split: BlockSplit, order: list[int] | None = None,
                  full: list | None = None):
@@ -267,7 +378,7 @@ class PrefixRunner:
                 order: list[int] | None = [] if (b == 0 and not progressive) else None
                 if progressive:
                     _, shape, payload = old_entries[b]
-                    with self._substituted(old_split, self._load(payload)):
+                    with self._substituted(old_split, self._load(payload), self._stem_outputs(old_split, shape)):
                         cached = self._capture(np.zeros(shape, np.float32), split)
                 else:
                     cached = self._capture(images, split, order, first_out if (b == 0 and verify) else None)
@@ -286,16 +397,23 @@ class PrefixRunner:
         finally:
             if old_tmp is not None and old_tmp != self._tmp:
                 shutil.rmtree(old_tmp, ignore_errors=True)
+        if self.split is None or self.split.container != split.container:
+            self._stem, self._inputs = {}, {}
         self.split, self.fallback = split, None
-        if split.container not in self._verified:
+        if split.container in self._verified:
+            self._cls = self._verified[split.container]
+            return None
+        with torch.no_grad():
+            full = first_out[0] if first_out else self._forward(first_images)
+        cls_only = cls_only_forward(self.model, split)
+        for self._cls in ([cls_only] if cls_only else []) + [None]:
             with torch.no_grad():
-                full = first_out[0] if first_out else self._forward(first_images)
                 part = self._suffix_forward(tuple(first_images.shape), self._load(self._entries[0][2]))
-            if full.shape != part.shape or not torch.allclose(full, part, rtol=1e-4, atol=1e-5):
-                self._set_fallback(f"cached suffix of {split.container!r} differs from the full forward")
-                return self.fallback
-            self._verified.add(split.container)
-        return None
+            if full.shape == part.shape and torch.allclose(full, part, rtol=1e-4, atol=1e-5):
+                self._verified[split.container] = self._cls
+                return None
+        self._set_fallback(f"cached suffix of {split.container!r} differs from the full forward")
+        return self.fallback
 
     def _store(self, cached: tuple, used: int, b: int) -> Any:
         if used <= self.max_cache_bytes:

@@ -214,6 +214,7 @@ def unit_lesions(
     ds = _unit_dataset(tp, strategies, proportions, ks, source, x, y)
     ds.attrs.update(site=site, n_units=n_units, seed=seed, repeats=n_rep, target=str(_label(readout, target)),
                     prefix_cache=runner.split.block if runner.split else f"off: {runner.fallback}",
+                    cls_only_last_block=int(runner.cls_only),
                     random_sets="one random unit set per repeat, shared by all stimuli, nested across proportions")
     if folder is not None:
         with atomic_path(Path(folder) / "unit_lesions.nc") as tmp:
