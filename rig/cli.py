@@ -17,16 +17,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BaseException as e:  # a session step failed: it is recorded in the session, say where
+    except KeyboardInterrupt as e:
         from .session import SessionInterrupted
 
         if isinstance(e, SessionInterrupted):
             print(f"interrupted: {e} is marked interrupted; finish it with `rig resume {Path(str(e)).name}`",
                   file=sys.stderr)
-            return 130
+        else:
+            print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a session step failed: it is recorded in the session, say where
         if is_user_error(e):
             print(f"error: {e}", file=sys.stderr)
             return 2

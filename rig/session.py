@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -44,7 +45,7 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class SessionInterrupted(BaseException):
+class SessionInterrupted(KeyboardInterrupt):
     """A session stopped by Ctrl-C or SIGTERM (it is marked interrupted); the message is the session folder."""
 
 
@@ -251,7 +252,8 @@ class Runner:
                 ctx.__dict__["subject"] = self.subject  # built by the preflight check
             current = None
             try:
-                for key in step_keys(self.protocol):
+                keys = step_keys(self.protocol)
+                for number, key in enumerate(keys, start=1):
                     if received["signal"]:
                         raise SessionInterrupted(f"signal {received['signal']}")
                     if self.info["steps"][key].get("status") == "done":
@@ -260,11 +262,13 @@ class Runner:
                     current = key
                     self._step(key, status="running", started=now_iso())
                     log.info("step %s started", key)
+                    self._say(f"[{number}/{len(keys)}] {key} ...")
                     t0 = time.perf_counter()
                     outputs = run_step(ctx, key)
                     seconds = round(time.perf_counter() - t0, 3)
                     self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=outputs)
                     log.info("step %s done in %.1f s", key, seconds)
+                    self._say(f"[{number}/{len(keys)}] {key} done in {seconds:.1f} s")
                     current = None
                 if received["signal"]:
                     raise SessionInterrupted(f"signal {received['signal']}")
@@ -287,6 +291,11 @@ class Runner:
                 e.session_path = self.folder  # type: ignore[attr-defined]  (the CLI names the session)
                 raise
         return Session(self.folder)
+
+    def _say(self, line: str) -> None:
+        """One progress line on stderr per step (with progress on), beside the step's own progress bars."""
+        if self.progress:
+            print(line, file=sys.stderr, flush=True)
 
     def _report(self, log: logging.Logger) -> None:
         """Write report.html; a report that cannot be written is logged, never fatal to the session."""
@@ -363,7 +372,6 @@ def _sigterm_raises() -> Iterator[dict[str, int | None]]:
     is also recorded in the yielded dict, which the runner checks at every step boundary.
     """
     import _thread
-    import sys
 
     received: dict[str, int | None] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
