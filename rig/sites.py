@@ -102,8 +102,16 @@ def catalogue(subject: Any, image_size: tuple[int, int] | None = None) -> list[S
     default `subject.input_size` square) with hooks on every module; modules that never fire (e.g. a text
     tower, `MultiheadAttention.out_proj`) are left out, and so are outputs whose batch axis cannot be found or
     whose rank is not 1-4. Pass the stimuli's size when the subject does not resize (shapes depend on it).
+    The catalogue is kept on the subject (per image size): a network's layout does not change.
     """
     height, width = image_size if image_size is not None else (subject.input_size, subject.input_size)
+    known = subject.__dict__.setdefault("_site_catalogues", {})
+    if (height, width) not in known:
+        known[(height, width)] = _probe_catalogue(subject, height, width)
+    return list(known[(height, width)])
+
+
+def _probe_catalogue(subject: Any, height: int, width: int) -> list[SiteInfo]:
     model: nn.Module = subject.model
     names = [n for n, _ in model.named_modules() if n]
     shapes: dict[int, dict[str, list[tuple[tuple[int, ...], bool]]]] = {}
