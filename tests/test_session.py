@@ -240,3 +240,28 @@ def test_mistakes_leave_no_session_behind(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{proto}:" in out.stderr and "record.sites" in out.stderr and "place" in out.stderr
     assert not root.exists() or not any(root.iterdir())
+
+
+@pytest.mark.slow
+def test_phantom_protocol_recovers_the_planted_truth(tmp_path):
+    """protocols/phantom.toml end to end: every planted grid unit is classified grid, border units border,
+    place units spatially informative, untuned units not; lesioning the targeted units abolishes behaviour
+    while random lesions of as many units do not."""
+    from rig.phantom import build
+
+    root = Path(__file__).resolve().parent.parent
+    s = rig.run(root / "protocols" / "phantom.toml", archive=tmp_path, progress=False,
+                overrides=["perturb.0.n_stimuli=100", "perturb.0.repeats=3"])
+    scores = s.results["analyses/spatial_scores"]
+    truth = build(seed=s.protocol.subject.seed).truth()
+    planted = truth["cell_class"].values.astype(str)
+    found = scores["class"].values.astype(str)
+    alpha = scores.attrs["alpha"]
+    assert (found[planted == "grid"] == "grid").all()
+    assert (found[planted == "border"] == "border").all()
+    assert (scores["spatial_information_p"].values[planted == "place"] <= alpha).all()
+    assert (found[planted == "place"] != "none").all()
+    assert (found[planted == "untuned"] == "none").mean() >= 15 / 16
+    lesion = s.results["perturb/unit_lesions"]["mean"]
+    assert float(lesion.sel(strategy="targeted", proportion=0.3)) < 0.1
+    assert float(lesion.sel(strategy="random", proportion=0.3)) > 0.5
