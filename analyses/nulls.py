@@ -3,7 +3,9 @@
 A fixed cut-off gives false grid cells (opexebo scores 0.6-0.8 on some maps with a few random fields), so a
 unit is called spatial / grid / border only when its score beats its own null distribution: the same unit's
 responses with the stimulus positions permuted (seeded), re-binned, re-smoothed and re-scored. Each shuffle
-is one sparse product for all units of a block; there is no loop per unit.
+is one sparse product for all units of a block; there is no loop per unit. With `regress_out`, stimulus
+covariates (e.g. the diameter, confounded with position near the walls) are regressed out of the unshuffled
+responses once; the residuals keep their stimuli, and only the positions are shuffled.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from analyses.ratemaps import AnalysisInputError, _coordinate, bin_means, bin_positions
+from analyses.ratemaps import (AnalysisInputError, _coordinate, bin_means, bin_positions, regression_basis,
+                               residualise)
 from analyses.spatial import border_score, grid_score, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
@@ -53,15 +56,18 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
                   bins: int | tuple[int, int] = 28, extent: Sequence[float] | None = None,
                   smoothing: float | None = 1.0, rate: str = "shift", alpha: float = 0.05,
                   scores: Sequence[str] = SCORES, min_occupancy: int = 1,
-                  block_units: int = 2048) -> xr.Dataset:
+                  block_units: int = 2048, regress_out: Any = None) -> xr.Dataset:
     """Scores, shuffle p-values and a class for every unit of `responses` (stimulus, other dims...).
 
     Maps are built as `analyses.ratemaps.ratemaps` (bins, extent, smoothing, min_occupancy); spatial
     information uses `rate` (default "shift": network activations are signed). Each of `n_shuffles` shuffles
     permutes the stimulus positions (`numpy.random.default_rng(seed)`, the same permutations for every unit).
     p = (1 + #{null >= observed}) / (1 + n_shuffles) (NaN where the observed score is NaN; a NaN null score
-    counts as not beating it). Returns a Dataset over the unit dims with, per score, `<score>`, `<score>_p`,
-    `<score>_null_mean`, `<score>_null_sd`, and `class` (see `classify`); attrs hold the settings.
+    counts as not beating it). regress_out: stimulus covariates (names or arrays, as in `ratemaps`) removed
+    from each unit's responses by least squares (unit mean kept) before the maps and all shuffles; the
+    covariates stay with their stimuli, so the null keeps no position-covariate confound. Returns a Dataset
+    over the unit dims with, per score, `<score>`, `<score>_p`, `<score>_null_mean`, `<score>_null_sd`, and
+    `class` (see `classify`); attrs hold the settings (with `regress_out`, the covariate labels).
     """
     if "stimulus" not in responses.dims:
         raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
@@ -76,6 +82,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
         extent = (0.0, float(canvas), 0.0, float(canvas)) if canvas is not None else \
             (np.nanmin(xs), np.nanmax(xs), np.nanmin(ys), np.nanmax(ys))
     flat, shape = bin_positions(xs, ys, bins, extent)
+    basis, covariates = regression_basis(responses, regress_out)
     resp = responses.transpose("stimulus", ...)
     other = [d for d in resp.dims if d != "stimulus"]
     lead = tuple(resp.sizes[d] for d in other)
@@ -90,7 +97,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     cnt = {k: np.zeros(n_units) for k in scores}
     for start in range(0, n_units, block_units):
         sl = slice(start, start + block_units)
-        vals = np.asarray(stacked.isel(_unit=sl).values, dtype=np.float64)
+        vals = residualise(np.asarray(stacked.isel(_unit=sl).values, dtype=np.float64), basis)
         maps, occ = bin_means(vals, flat, shape, min_occupancy, smoothing)
         for k in scores:
             obs[k][sl] = _score(k, maps, occ, rate)
@@ -116,5 +123,5 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     ds = xr.Dataset({k: (tuple(other), np.asarray(v).reshape(lead)) for k, v in data.items()}, coords=coords)
     ds.attrs.update(n_shuffles=int(n_shuffles), seed=int(seed), alpha=float(alpha), rate=rate,
                     bins=list(shape), extent=[float(e) for e in extent], smoothing=float(smoothing or 0.0),
-                    scores=list(scores), p_value="(1 + #{null >= observed}) / (1 + n_shuffles)")
+                    scores=list(scores), regress_out=covariates, p_value="(1 + #{null >= observed}) / (1 + n_shuffles)")
     return ds

@@ -2,7 +2,9 @@
 
 All units at once: the (bin x stimulus) one-hot matrix `B` is sparse, so the sums per bin of a block of units
 `R` (stimulus x units) are one sparse-dense product `B @ R`; the recording is read in blocks of units
-(bounded memory, works on a lazy netCDF-backed DataArray).
+(bounded memory, works on a lazy netCDF-backed DataArray). Optionally each unit's responses are first
+residualised on stimulus covariates (`regress_out`, e.g. the diameter, which the position confounds near the
+walls of the frame): one orthonormal basis of the design, reused for every block.
 """
 from __future__ import annotations
 
@@ -114,9 +116,89 @@ def _coordinate(responses: xr.DataArray, value: Any, name: str) -> np.ndarray:
     return value
 
 
+def _covariate_columns(responses: xr.DataArray, item: Any, label: str) -> np.ndarray:
+    """(stimulus, columns) float design columns of one covariate; strings / categoricals -> one-hot, first
+    level dropped."""
+    n = responses.sizes["stimulus"]
+    if isinstance(item, str):
+        if item not in responses.coords or responses.coords[item].dims != ("stimulus",):
+            along = [str(k) for k, v in responses.coords.items() if v.dims == ("stimulus",)]
+            raise AnalysisInputError(f"regress_out: responses have no stimulus coordinate {item!r}; "
+                                     f"choose from {along} or pass an array of length {n}")
+        item = responses.coords[item].values
+    values = np.asarray(item.values if isinstance(item, xr.DataArray) else item)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] != n:
+        raise AnalysisInputError(f"regress_out: covariate {label!r} has shape {values.shape}, expected ({n},) or "
+                                 f"({n}, k) (one value per stimulus)")
+    if values.dtype.kind in "OUSb":
+        if values.shape[1] != 1:
+            raise AnalysisInputError(f"regress_out: categorical covariate {label!r} must be one column, got "
+                                     f"{values.shape[1]}")
+        if values.dtype.kind == "O" and any(v is None or (isinstance(v, float) and not np.isfinite(v))
+                                            for v in values[:, 0]):
+            raise AnalysisInputError(f"regress_out: categorical covariate {label!r} has missing values; "
+                                     "fill them or drop the stimuli")
+        levels, codes = np.unique(values[:, 0].astype(str), return_inverse=True)
+        if levels.size < 2:
+            raise AnalysisInputError(f"regress_out: categorical covariate {label!r} has one level only "
+                                     f"({levels[0]!r}); nothing to regress out, drop it")
+        return (codes[:, None] == np.arange(1, levels.size)[None, :]).astype(np.float64)
+    if values.dtype.kind not in "iuf":
+        raise AnalysisInputError(f"regress_out: covariate {label!r} has dtype {values.dtype}; pass numbers or "
+                                 "category labels")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise AnalysisInputError(f"regress_out: covariate {label!r} has {int((~np.isfinite(values)).sum())} "
+                                 "non-finite values; fill them or drop those stimuli")
+    return values
+
+
+def regression_basis(responses: xr.DataArray, regress_out: Any) -> tuple[np.ndarray | None, list[str]]:
+    """Orthonormal basis Q (stimulus, k) of the design [intercept, covariates...] and the covariates' labels.
+
+    regress_out: None / empty (no regression -> Q is None), a coordinate name along `stimulus`, an array of one
+    value per stimulus, or a sequence of those. Numeric covariates are columns as they are; string / boolean
+    ones become one-hot columns with the first (sorted) level dropped. Raises `AnalysisInputError` for unknown
+    names, wrong lengths, non-finite values, or a rank-deficient design (a constant covariate, one category
+    only, or collinear covariates).
+    """
+    if regress_out is None:
+        return None, []
+    if isinstance(regress_out, (str, np.ndarray, xr.DataArray)):
+        regress_out = [regress_out]
+    items = list(regress_out)
+    if not items:
+        return None, []
+    labels = [item if isinstance(item, str) else
+              str(item.name) if isinstance(item, xr.DataArray) and item.name is not None else f"array[{i}]"
+              for i, item in enumerate(items)]
+    n = responses.sizes["stimulus"]
+    design = np.concatenate([np.ones((n, 1))] + [_covariate_columns(responses, item, label)
+                                                  for item, label in zip(items, labels)], axis=1)
+    scale = np.linalg.norm(design, axis=0)
+    u, s, _ = np.linalg.svd(design / np.where(scale > 0, scale, 1.0), full_matrices=False)
+    rank = int((s > s[0] * max(design.shape) * np.finfo(np.float64).eps * 1e3).sum())
+    if rank < design.shape[1] or n <= design.shape[1]:
+        raise AnalysisInputError(
+            f"regress_out {labels}: the design (intercept + {design.shape[1] - 1} covariate columns, {n} stimuli) "
+            f"has rank {rank}; a covariate is constant, has one category, or is collinear with others; drop it")
+    return u, labels
+
+
+def residualise(values: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """OLS residuals of `values` (stimulus, units) on the design spanned by `basis` (stimulus, k; includes the
+    intercept), plus each unit's mean: values - Q (Q^T values) + mean. `basis` None returns `values`."""
+    if basis is None:
+        return values
+    return values - basis @ (basis.T @ values) + values.mean(axis=0, keepdims=True)
+
+
 def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | tuple[int, int] = 28,
              extent: Sequence[float] | None = None, smoothing: float | None = None, rate: str = "none",
-             min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32) -> xr.Dataset:
+             min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32,
+             regress_out: Any = None) -> xr.Dataset:
     """Ratemap of every unit: mean response per position bin, with the occupancy of each bin.
 
     responses: DataArray with a `stimulus` dim (any other dims: unit, token, ...; may be lazy, e.g. from
@@ -125,10 +207,13 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     pixels; default (0, canvas, 0, canvas) from `responses.attrs["canvas"]`, else the positions' range.
     Bins with fewer than `min_occupancy` stimuli are NaN (unvisited). smoothing: Gaussian sigma in bins,
     NaN-aware (`smooth_maps`). rate: "none" | "shift" | "rectify" (`rate_transform`), applied last.
+    regress_out: stimulus covariates (coordinate names such as `["diameter"]`, or arrays; strings are
+    categorical) whose least-squares fit (with intercept) is removed from every unit's responses before
+    binning, the unit's mean added back (`regression_basis`, `residualise`; fit over all stimuli).
 
     Returns Dataset with `ratemap` (other dims..., y_bin, x_bin) and `occupancy` (y_bin, x_bin; stimuli per
     bin), bin-centre coordinates `y_bin`, `x_bin` in pixels, attrs bins, extent, smoothing, rate,
-    min_occupancy, n_outside (stimuli outside the extent, ignored).
+    min_occupancy, n_outside (stimuli outside the extent, ignored), regress_out (covariate labels).
     """
     if not isinstance(responses, xr.DataArray):
         raise AnalysisInputError("responses must be an xarray DataArray with a 'stimulus' dim")
@@ -148,6 +233,7 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     if not (flat >= 0).any():
         raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
     occupancy = np.bincount(flat[flat >= 0], minlength=ny * nx)
+    basis, covariates = regression_basis(responses, regress_out)
 
     resp = responses.transpose("stimulus", ...)
     other = [d for d in resp.dims if d != "stimulus"]
@@ -162,6 +248,7 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     for start in range(0, resp.sizes[block_dim] if block_dim else 1, step):
         block = resp.isel({block_dim: slice(start, start + step)}) if block_dim else resp
         vals = np.asarray(block.values, dtype=np.float64)
+        vals = residualise(vals.reshape(vals.shape[0], -1), basis).reshape(vals.shape)
         means, _ = bin_means(vals.reshape(vals.shape[0], -1), flat, (ny, nx), min_occupancy, smoothing)
         means = rate_transform(means.reshape(vals.shape[1:] + (ny, nx)), rate)
         index = [slice(None)] * len(other)
@@ -174,7 +261,7 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     coords.update(y_bin=("y_bin", y_centres, {"units": "px"}), x_bin=("x_bin", x_centres, {"units": "px"}))
     attrs = {"bins": [ny, nx], "extent": [float(e) for e in extent], "smoothing": float(smoothing or 0.0),
              "rate": rate, "min_occupancy": int(min_occupancy), "n_outside": int((flat < 0).sum()),
-             "units": responses.attrs.get("units", "response")}
+             "units": responses.attrs.get("units", "response"), "regress_out": covariates}
     ds = xr.Dataset(
         {"ratemap": (tuple(other) + ("y_bin", "x_bin"), full),
          "occupancy": (("y_bin", "x_bin"), occupancy.reshape(ny, nx).astype(np.int64))},

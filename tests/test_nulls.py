@@ -59,3 +59,48 @@ def test_p_value_formula_and_classify_rule():
         spatial_nulls(resp, n_shuffles=0)
     with pytest.raises(AnalysisInputError):
         spatial_nulls(resp, scores=("coherence",))
+
+
+def _size_confounded(n=1000, canvas=224, n_size_units=24, seed=1):
+    """Circles-like design (x ~ U(d/2, canvas - d/2)): size-only units (response = a * diameter), then one place
+    unit that also depends on size."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(20, 80, n)
+    x, y = rng.uniform(d / 2, canvas - d / 2), rng.uniform(d / 2, canvas - d / 2)
+    a = np.tile([-0.06, 0.06, -0.03, 0.03], n_size_units // 4)
+    place = 2 * np.exp(-((x - 90) ** 2 + (y - 130) ** 2) / (2 * 22 ** 2)) - 0.03 * d
+    r = np.column_stack([d[:, None] * a, place]) + rng.normal(0, 0.4, (n, a.size + 1))
+    return xr.DataArray(r, dims=("stimulus", "unit"), attrs={"canvas": canvas},
+                        coords={"x": ("stimulus", x), "y": ("stimulus", y), "diameter": ("stimulus", d)}), a
+
+
+def test_regress_out_diameter_turns_false_border_units_into_none():
+    resp, a = _size_confounded()
+    kw = dict(n_shuffles=19, seed=0, bins=14, smoothing=1.0, alpha=0.05)
+    raw = spatial_nulls(resp, **kw)["class"].values
+    ds = spatial_nulls(resp, regress_out=["diameter"], **kw)
+    clean = ds["class"].values
+    # without control: every unit preferring small circles (a < 0) looks like a border cell
+    assert (raw[:-1][a < 0] == "border").all()
+    # with control: the planted size unit is not spatial, and the population falls to the false-positive rate
+    assert ds.spatial_information_p.values[0] > 0.05 and clean[0] == "none"
+    assert (clean[:-1] == "border").mean() <= 0.1 and (clean[:-1] != "none").mean() <= 0.2
+    # the place unit keeps its significance
+    assert clean[-1] == "spatial" and ds.spatial_information_p.values[-1] == pytest.approx(1 / 20)
+    assert ds.attrs["regress_out"] == ["diameter"]
+
+
+def test_regress_out_is_done_once_on_unshuffled_responses_in_any_block_size():
+    from analyses.ratemaps import regression_basis, residualise
+    resp, _ = _size_confounded(n=400, n_size_units=4)
+    kw = dict(n_shuffles=9, seed=2, bins=8, smoothing=1.0)
+    ds = spatial_nulls(resp, regress_out=["diameter"], block_units=2, **kw)
+    whole = spatial_nulls(resp, regress_out=["diameter"], block_units=64, **kw)
+    basis, _ = regression_basis(resp, ["diameter"])
+    manual = spatial_nulls(resp.copy(data=residualise(resp.values, basis)), **kw)
+    for k in ("spatial_information", "border_score_p", "grid_score_null_mean", "border_score_null_sd"):
+        np.testing.assert_allclose(ds[k].values, whole[k].values, rtol=1e-9)
+        np.testing.assert_allclose(ds[k].values, manual[k].values, rtol=1e-9)
+    np.testing.assert_array_equal(ds["class"].values, manual["class"].values)
+    with pytest.raises(AnalysisInputError, match="diameter2"):
+        spatial_nulls(resp, regress_out=["diameter2"], n_shuffles=1)

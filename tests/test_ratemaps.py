@@ -92,3 +92,98 @@ def test_user_errors():
         ratemaps(da.drop_vars("x"))
     ds = ratemaps(da, x=da.x.values, y=da.y.values)  # default extent: the positions' range
     assert ds.attrs["n_outside"] == 0
+
+
+def _circles_like(n=1000, canvas=224, seed=0):
+    """Centres drawn as `stimuli.shapes.circles` does (the circle stays inside), so walls force small diameters."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(20, 80, n)
+    x, y = rng.uniform(d / 2, canvas - d / 2), rng.uniform(d / 2, canvas - d / 2)
+    return rng, d, x, y
+
+
+def test_regress_out_equals_lstsq_residuals_plus_mean():
+    from analyses.ratemaps import regression_basis, residualise
+    rng = np.random.default_rng(4)
+    n = 60
+    d, extra = rng.uniform(20, 80, n), rng.normal(size=n)
+    shape = rng.choice(["circle", "square", "triangle"], n)
+    r = rng.normal(size=(n, 2, 3)) + 0.1 * d[:, None, None]
+    da = xr.DataArray(r, dims=("stimulus", "token", "unit"),
+                      coords={"x": ("stimulus", rng.uniform(0, 224, n)), "y": ("stimulus", rng.uniform(0, 224, n)),
+                              "diameter": ("stimulus", d), "shape": ("stimulus", shape)})
+    design = np.column_stack([np.ones(n), d, shape == "square", shape == "triangle", extra]).astype(float)
+    flat = r.reshape(n, -1)
+    coef = np.linalg.lstsq(design, flat, rcond=None)[0]
+    expected = flat - design @ coef + flat.mean(0)
+    basis, labels = regression_basis(da, ["diameter", "shape", extra])
+    assert labels == ["diameter", "shape", "array[2]"] and basis.shape == (n, 5)
+    np.testing.assert_allclose(residualise(flat, basis), expected, atol=1e-10)
+    np.testing.assert_allclose(residualise(flat, basis).mean(0), flat.mean(0))  # maps keep their scale
+    # the ratemap path bins exactly these residuals
+    ds = ratemaps(da, bins=4, extent=(0, 224, 0, 224), regress_out=["diameter", "shape", extra], dtype=np.float64)
+    ref = ratemaps(da.copy(data=expected.reshape(r.shape)), bins=4, extent=(0, 224, 0, 224), dtype=np.float64)
+    np.testing.assert_allclose(ds.ratemap.values, ref.ratemap.values, atol=1e-10)
+    assert ds.attrs["regress_out"] == ["diameter", "shape", "array[2]"] and ref.attrs["regress_out"] == []
+
+
+def test_regress_out_in_blocks_equals_one_block(tmp_path):
+    rng, d, x, y = _circles_like(n=300)
+    r = rng.normal(size=(300, 2, 9)) - 0.05 * d[:, None, None]
+    da = xr.DataArray(r, dims=("stimulus", "token", "unit"),
+                      coords={"x": ("stimulus", x), "y": ("stimulus", y), "diameter": ("stimulus", d)})
+    path = tmp_path / "rec.nc"
+    da.to_dataset(name="site").to_netcdf(path)
+    with xr.open_dataset(path) as lazy:
+        blocked = ratemaps(lazy["site"], bins=8, extent=(0, 224, 0, 224), smoothing=1.0, block_bytes=5_000,
+                           regress_out="diameter")
+    whole = ratemaps(da, bins=8, extent=(0, 224, 0, 224), smoothing=1.0, regress_out=["diameter"])
+    np.testing.assert_allclose(blocked.ratemap.values, whole.ratemap.values, rtol=1e-6)
+    assert not np.allclose(whole.ratemap.values, ratemaps(da, bins=8, extent=(0, 224, 0, 224),
+                                                          smoothing=1.0).ratemap.values, atol=0.05, equal_nan=True)
+
+
+def test_regress_out_diameter_removes_the_confounded_rim():
+    rng, d, x, y = _circles_like()
+    place = 2 * np.exp(-((x - 90) ** 2 + (y - 130) ** 2) / (2 * 22 ** 2))
+    r = np.stack([-0.05 * d, place - 0.03 * d], 1) + rng.normal(0, 0.3, (d.size, 2))
+    da = xr.DataArray(r, dims=("stimulus", "unit"),
+                      coords={"x": ("stimulus", x), "y": ("stimulus", y), "diameter": ("stimulus", d)},
+                      attrs={"canvas": 224})
+    rim = np.zeros((14, 14), bool)
+    rim[[0, -1], :] = rim[:, [0, -1]] = True
+
+    def rim_minus_centre(maps):
+        return np.nanmean(maps[:, rim], 1) - np.nanmean(maps[:, 4:10, 4:10].reshape(len(maps), -1), 1)
+
+    raw = ratemaps(da, bins=14, smoothing=1.0).ratemap.values
+    clean = ratemaps(da, bins=14, smoothing=1.0, regress_out=["diameter"]).ratemap.values
+    assert rim_minus_centre(raw)[0] > 0.8  # small circles at the walls -> a rim in a pure-size unit
+    assert abs(rim_minus_centre(clean)[0]) < 0.15
+    # the place field survives: same peak bin (y=130 -> row 8, x=90 -> col 5)
+    assert np.unravel_index(np.nanargmax(clean[1]), (14, 14)) == (8, 5)
+    assert np.nanmax(clean[1]) - np.nanmedian(clean[1]) > 1.0
+
+
+def test_regress_out_errors():
+    rng, d, x, y = _circles_like(n=50)
+    da = xr.DataArray(rng.normal(size=(50, 2)), dims=("stimulus", "unit"),
+                      coords={"x": ("stimulus", x), "y": ("stimulus", y), "diameter": ("stimulus", d),
+                              "size": ("stimulus", 2 * d), "shape": ("stimulus", np.full(50, "circle")),
+                              "unit": [0, 1]}, attrs={"canvas": 224})
+    with pytest.raises(AnalysisInputError, match="no stimulus coordinate 'area'"):
+        ratemaps(da, regress_out=["area"])
+    with pytest.raises(AnalysisInputError, match="no stimulus coordinate 'unit'"):
+        ratemaps(da, regress_out=["unit"])
+    bad = d.copy()
+    bad[3] = np.nan
+    with pytest.raises(AnalysisInputError, match="non-finite"):
+        ratemaps(da, regress_out=[bad])
+    with pytest.raises(AnalysisInputError, match="rank"):
+        ratemaps(da, regress_out=["diameter", "size"])  # collinear
+    with pytest.raises(AnalysisInputError, match="rank"):
+        ratemaps(da, regress_out=[np.full(50, 3.0)])  # constant: collinear with the intercept
+    with pytest.raises(AnalysisInputError, match="one level"):
+        ratemaps(da, regress_out=["shape"])
+    with pytest.raises(AnalysisInputError, match="shape"):
+        ratemaps(da, regress_out=[d[:10]])
