@@ -124,6 +124,7 @@ class RatemapsStep(StepSpec):
     bins: int = Field(28, gt=1, description="bins per side")
     extent: tuple[float, float] | None = Field(None, description="[lo, hi] pixels; default the canvas")
     smoothing: float = Field(1.0, ge=0, description="Gaussian sigma in bins (NaN-aware); 0 = none")
+    min_occupancy: int = Field(1, ge=1, description="bins visited by fewer stimuli are unvisited (NaN)")
 
 
 class SpatialScoresStep(StepSpec):

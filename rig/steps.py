@@ -186,6 +186,15 @@ def _units_first(da: xr.DataArray, keep: tuple[str, ...]) -> xr.DataArray:
     return da.stack(cell=other).transpose("cell", *keep)
 
 
+def _cell_table(scores: xr.Dataset, site: str) -> xr.Dataset:
+    """Per-unit results of one site as a table along `cell`, with `site`, `unit` (and token) coordinates."""
+    flat = _units_first(scores.map(canonical_dims), ())
+    if "cell" in flat.indexes:
+        flat = flat.reset_index("cell")
+    flat = flat.drop_vars([c for c in flat.coords if c not in ("unit", "token", "token_row", "token_col")])
+    return flat.assign_coords(site=("cell", np.full(flat.sizes["cell"], site)))
+
+
 @step_type("ratemaps")
 def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
     """Ratemaps of every unit of the chosen sites: `analyses/<name>.nc`, one variable per site + occupancy."""
@@ -197,7 +206,7 @@ def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
     with atomic_path(ctx.folder / relative) as tmp:
         for i, site in enumerate(sites):
             maps = analyses.ratemaps(rec[site], bins=spec.bins, extent=_extent(ctx, spec.extent),
-                                     smoothing=spec.smoothing)
+                                     smoothing=spec.smoothing, min_occupancy=spec.min_occupancy)
             out = xr.Dataset({site: maps["ratemap"]})
             if i == 0:
                 out["occupancy"] = maps["occupancy"]
@@ -228,26 +237,23 @@ def analyse_spatial_scores(ctx: StepContext, spec: Any) -> list[str]:
         for site, maps in site_maps.items():
             if spec.shuffles > 0:
                 scores = analyses.spatial_nulls(rec[site], bins=rm_spec.bins, extent=_extent(ctx, rm_spec.extent),
-                                                smoothing=rm_spec.smoothing, rate=spec.rate, alpha=spec.alpha,
+                                                smoothing=rm_spec.smoothing, min_occupancy=rm_spec.min_occupancy,
+                                                rate=spec.rate, alpha=spec.alpha,
                                                 n_shuffles=spec.shuffles, seed=spec.seed)
             else:
                 scores = xr.Dataset({
                     "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
                     "grid_score": analyses.grid_score(maps),
                     "border_score": analyses.border_score(maps)})
-            flat = _units_first(scores, ())
-            flat = flat.reset_index("cell") if "cell" in flat.indexes else flat
-            flat = flat.assign_coords(site=("cell", np.full(flat.sizes["cell"], site)))
-            per_site.append(flat.drop_vars([c for c in flat.coords if c not in ("site", "unit", "token",
-                                                                                  "token_row", "token_col")
-                                            and flat[c].dims == ("cell",) and c != "cell"], errors="ignore"))
+            flat = _cell_table(scores, site)
+            per_site.append(flat)
             maps_flat[site] = _units_first(maps, ("y_bin", "x_bin")).values
             scores_flat[site] = {k: flat[k].values for k in ("spatial_information", "grid_score", "border_score")}
             ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
     result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
     result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
                          "ratemaps": rm_spec.key})
-    outputs = [ctx.write_dataset(f"analyses/{spec.key}.nc", result.drop_vars("cell", errors="ignore"))]
+    outputs = [ctx.write_dataset(f"analyses/{spec.key}.nc", result)]
     short = {s: s.replace("visual.transformer.resblocks.", "block ") for s in maps_flat}
     fig = analyses.top_units_figure({short[s]: m for s, m in maps_flat.items()},
                                     {short[s]: v for s, v in scores_flat.items()}, k=spec.top_k,
