@@ -125,6 +125,10 @@ class RatemapsStep(StepSpec):
     extent: tuple[float, float] | None = Field(None, description="[lo, hi] pixels; default the canvas")
     smoothing: float = Field(1.0, ge=0, description="Gaussian sigma in bins (NaN-aware); 0 = none")
     min_occupancy: int = Field(1, ge=1, description="bins visited by fewer stimuli are unvisited (NaN)")
+    regress_out: list[str] = Field(default_factory=list, description="stimulus parameters removed from every "
+                                   "unit's responses by least squares before mapping, e.g. ['diameter']: in "
+                                   "the circles design only small circles reach the walls, so size tuning "
+                                   "would otherwise look like border tuning")
 
 
 class SpatialScoresStep(StepSpec):

@@ -206,7 +206,8 @@ def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
     with atomic_path(ctx.folder / relative) as tmp:
         for i, site in enumerate(sites):
             maps = analyses.ratemaps(rec[site], bins=spec.bins, extent=_extent(ctx, spec.extent),
-                                     smoothing=spec.smoothing, min_occupancy=spec.min_occupancy)
+                                     smoothing=spec.smoothing, min_occupancy=spec.min_occupancy,
+                                     regress_out=spec.regress_out or None)
             out = xr.Dataset({site: maps["ratemap"]})
             if i == 0:
                 out["occupancy"] = maps["occupancy"]
@@ -238,6 +239,7 @@ def analyse_spatial_scores(ctx: StepContext, spec: Any) -> list[str]:
             if spec.shuffles > 0:
                 scores = analyses.spatial_nulls(rec[site], bins=rm_spec.bins, extent=_extent(ctx, rm_spec.extent),
                                                 smoothing=rm_spec.smoothing, min_occupancy=rm_spec.min_occupancy,
+                                                regress_out=rm_spec.regress_out or None,
                                                 rate=spec.rate, alpha=spec.alpha,
                                                 n_shuffles=spec.shuffles, seed=spec.seed)
             else:
@@ -252,7 +254,7 @@ def analyse_spatial_scores(ctx: StepContext, spec: Any) -> list[str]:
             ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
     result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
     result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
-                         "ratemaps": rm_spec.key})
+                         "ratemaps": rm_spec.key, "regress_out": list(rm_spec.regress_out)})
     outputs = [ctx.write_dataset(f"analyses/{spec.key}.nc", result)]
     short = {s: s.replace("visual.transformer.resblocks.", "block ") for s in maps_flat}
     fig = analyses.top_units_figure({short[s]: m for s, m in maps_flat.items()},
