@@ -145,6 +145,8 @@ class SpatialScoresStep(StepSpec):
 class WeightLesionsStep(StepSpec):
     type: Literal["weight_lesions"]
     towers: list[Literal["visual", "text"]] = Field(["visual", "text"])
+    modules: list[str] | None = Field(None, description="globs restricting the lesioned modules (default: every "
+                                      "weighted module of the towers, in named_modules() order)")
     include_bias: bool = Field(False, description="zero biases too (the study zeroed weights only)")
     n_stimuli: int | None = Field(None, gt=0, description="use the first n stimuli (default all)")
     batch_size: int = Field(32, gt=0)

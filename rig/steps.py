@@ -307,8 +307,17 @@ def perturb_weight_lesions(ctx: StepContext, spec: Any) -> list[str]:
     from .lesions import weight_lesions, weighted_modules
     from .lesions.figures import weight_lesion_figure
 
+    from fnmatch import fnmatchcase
+
     subject = ctx.subject
     modules = [m for tower in spec.towers for m in weighted_modules(subject.model, tower)]
+    if spec.modules is not None:
+        modules = [m for m in modules if any(fnmatchcase(m, g) for g in spec.modules)]
+        if not modules:
+            from .errors import SiteError
+
+            raise SiteError(f"perturb.{spec.key}: modules {spec.modules} match no weighted module of the towers "
+                            f"{spec.towers}; `rig sites` lists the module names")
     ds = weight_lesions(subject, _first(ctx.stimuli, spec.n_stimuli), ctx.readout, modules,
                         include_bias=spec.include_bias, batch_size=spec.batch_size,
                         rebuild_readout=lambda: make_readout(subject, ctx.protocol.behaviour.model_dump()),
