@@ -265,3 +265,17 @@ def test_phantom_protocol_recovers_the_planted_truth(tmp_path):
     lesion = s.results["perturb/unit_lesions"]["mean"]
     assert float(lesion.sel(strategy="targeted", proportion=0.3)) < 0.1
     assert float(lesion.sel(strategy="random", proportion=0.3)) > 0.5
+
+
+def test_rerun_makes_a_new_session_from_the_saved_protocol(archive, tmp_path):
+    _, a, _ = archive
+    root = tmp_path / "other"
+    shutil.copytree(a.path, root / a.id)
+    out = _cli("rerun", a.id, "--archive", str(root), "--quiet")
+    assert out.returncode == 0, out.stderr
+    new = [p for p in root.iterdir() if p.name != a.id]
+    assert len(new) == 1
+    b = rig.open_session(new[0])
+    assert b.status == "completed" and b.protocol.hash() == a.protocol.hash()
+    with xr.open_dataset(a.path / "recording.nc") as x, xr.open_dataset(b.path / "recording.nc") as y:
+        xr.testing.assert_identical(x.drop_attrs(), y.drop_attrs())
