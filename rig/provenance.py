@@ -16,7 +16,8 @@ COMPATIBILITY_KEYS = ("code_hash", "python")
 
 
 def collect(protocol: Any) -> dict[str, Any]:
-    """Everything known before the session runs; steps add `stimulus_hash`, `weights_sha256`, `device`."""
+    """Everything known before the session runs; steps add `stimulus_hash`, `weights_sha256` (of the loaded
+    state dict, for any preparation), `subject` and `device`."""
     from .session import now_iso
 
     commit, dirty = _git_state()
@@ -33,6 +34,7 @@ def collect(protocol: Any) -> dict[str, Any]:
         "seeds": {"subject": protocol.subject.seed, "stimuli": protocol.stimuli.seed,
                   **{f"{s.key}": s.seed for s in [*protocol.analyse, *protocol.perturb] if hasattr(s, "seed")}},
         "weights": protocol.subject.weights,
+        "weights_file_sha256": _weights_file_hash(protocol.subject.weights),
         "weights_sha256": None,
         "stimulus_hash": None,
         "protocol_hash": protocol.hash(),
@@ -72,6 +74,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _weights_file_hash(weights: str) -> str | None:
+    """sha256 of a local checkpoint file (None for "random" and library tags)."""
+    path = Path(weights).expanduser()
+    return file_sha256(path) if weights != "random" and path.is_file() else None
 
 
 def _version(name: str) -> str | None:

@@ -117,7 +117,8 @@ def record(ctx: StepContext) -> list[str]:
 
     spec = ctx.protocol.record
     subject = ctx.subject
-    ctx.update_provenance(device=str(subject.device), weights_sha256=_weights_sha256(subject.model))
+    ctx.update_provenance(device=str(subject.device), weights_sha256=subject.weights_hash(),
+                          subject=subject.describe())
     record_sites(subject, ctx.stimuli, spec.sites, ctx.folder / "recording.nc", tokens=spec.tokens,
                  dtype=spec.dtype, batch_size=spec.batch_size, readout=ctx.readout, progress=ctx.progress,
                  compression=spec.compression, overwrite=True)
@@ -134,20 +135,6 @@ def record(ctx: StepContext) -> list[str]:
         ctx.headline["units"] = int(sum(np.prod([rec[v].sizes[d] for d in rec[v].dims if d != "stimulus"])
                                         for v in rec.data_vars))
     return outputs
-
-
-def _weights_sha256(model: Any) -> str:
-    """sha256 over the model's state dict (names, dtypes, shapes, bytes): identifies the preparation."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
