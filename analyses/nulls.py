@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from analyses.ratemaps import (AnalysisInputError, _coordinate, bin_means, bin_positions, regression_basis,
-                               residualise)
+from analyses.ratemaps import (AnalysisInputError, _coordinate, bin_means, bin_positions, default_extent,
+                               regression_basis, residualise)
 from analyses.spatial import border_score, grid_score, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
@@ -77,10 +77,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
         if name not in SCORES:
             raise AnalysisInputError(f"unknown score {name!r}; choose from {SCORES}")
     xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
-    if extent is None:
-        canvas = responses.attrs.get("canvas")
-        extent = (0.0, float(canvas), 0.0, float(canvas)) if canvas is not None else \
-            (np.nanmin(xs), np.nanmax(xs), np.nanmin(ys), np.nanmax(ys))
+    extent = default_extent(responses, xs, ys) if extent is None else extent
     flat, shape = bin_positions(xs, ys, bins, extent)
     basis, covariates = regression_basis(responses, regress_out)
     resp = responses.transpose("stimulus", ...)

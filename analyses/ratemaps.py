@@ -195,6 +195,16 @@ def residualise(values: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
     return values - basis @ (basis.T @ values) + values.mean(axis=0, keepdims=True)
 
 
+def default_extent(responses: xr.DataArray, xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float]:
+    """(0, canvas, 0, canvas) from `responses.attrs["canvas"]` (a side or (width, height)), else the range of
+    the positions."""
+    canvas = responses.attrs.get("canvas")
+    if canvas is None:
+        return (np.nanmin(xs), np.nanmax(xs), np.nanmin(ys), np.nanmax(ys))
+    cw, ch = (canvas, canvas) if np.isscalar(canvas) else canvas
+    return (0.0, float(cw), 0.0, float(ch))
+
+
 def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | tuple[int, int] = 28,
              extent: Sequence[float] | None = None, smoothing: float | None = None, rate: str = "none",
              min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32,
@@ -222,13 +232,7 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     if rate not in RATES:
         raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
     xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
-    if extent is None:
-        canvas = responses.attrs.get("canvas")
-        if canvas is not None:
-            cw, ch = (canvas, canvas) if np.isscalar(canvas) else canvas
-            extent = (0.0, float(cw), 0.0, float(ch))
-        else:
-            extent = (np.nanmin(xs), np.nanmax(xs), np.nanmin(ys), np.nanmax(ys))
+    extent = default_extent(responses, xs, ys) if extent is None else extent
     flat, (ny, nx) = bin_positions(xs, ys, bins, extent)
     if not (flat >= 0).any():
         raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
