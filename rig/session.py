@@ -4,11 +4,11 @@
       protocol.toml  protocol.resolved.json  session.json  provenance.json  log.txt
       stimuli.nc  recording.nc  behaviour.nc  analyses/<name>.nc  perturb/<name>.nc  figures/*.png  report.html
 
-Each step (design, record, analyse/<name>, perturb/<name>) writes its files atomically and is then
-marked done in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that are not done. A heartbeat in
-`session.json` lets readers tell a live session from one that was killed (SIGKILL leaves it "running" with a
-stale heartbeat); Ctrl-C and SIGTERM mark it "interrupted". An exclusive lock (`.lock`, flock) stops two
-processes from writing one session.
+Each step (design, record, analyse/<name>, perturb/<name>) writes its files atomically and is then marked done
+in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that
+are not done. A heartbeat in `session.json` lets readers tell a live session from one that was killed (SIGKILL
+leaves it "running" with a stale heartbeat); Ctrl-C and SIGTERM mark it "interrupted". An exclusive lock
+(`.lock`, flock) stops two processes from writing one session.
 """
 from __future__ import annotations
 

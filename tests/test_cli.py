@@ -1,5 +1,6 @@
 """The `rig` command line: help, sites, schema, dry runs, and errors without tracebacks."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,15 @@ def test_schema_and_dry_run():
     out = rig("run", "protocols/quickstart.toml", "--dry-run", "--set", "stimuli.n=42")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["stimuli"]["n"] == 42
+
+
+def test_missing_pretrained_weights_offline_is_one_line_and_writes_nothing(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never download in tests, even on a networked machine
+    out = subprocess.run([sys.executable, "-m", "rig.cli", "run", "protocols/circles-clip.toml", "--archive",
+                          str(tmp_path / "archive")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: protocols/circles-clip.toml:12: subject.weights: ")
+    for fragment in ("'openai'", "ViT-B-32", "huggingface", 'weights = "/path/to/file.pt"'):
+        assert fragment in line, fragment
+    assert not (tmp_path / "archive").exists()
