@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", help="only sites matching this glob")
     p.set_defaults(handler=cmd_sites)
 
+    p = sub.add_parser("compare", help="two sessions' spatial scores side by side (e.g. trained vs random weights)")
+    p.add_argument("a", help="session (folder, id or id prefix)")
+    p.add_argument("b", help="session to compare with")
+    p.add_argument("--archive", help="archive to look the ids up in")
+    p.add_argument("--analysis", default="spatial_scores", help="name of the spatial_scores step (default %(default)s)")
+    p.add_argument("--out", help="figure file (default: compare-<a>-<b>.png in the current folder)")
+    p.set_defaults(handler=cmd_compare)
+
     p = sub.add_parser("schema", help="print the JSON Schema of protocol files (for editors)")
     p.set_defaults(handler=cmd_schema)
 
@@ -163,6 +171,36 @@ def _subject_spec(text: str) -> dict:
     if source in ("open_clip", "timm", "torchvision"):
         return {"source": source, "arch": rest}
     return {"source": "open_clip", "arch": text}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analyses import compare_preparations
+
+    from .errors import RigError
+    from .session import open_session
+
+    sessions = [open_session(ref, archive=args.archive) for ref in (args.a, args.b)]
+    key = f"analyses/{args.analysis}"
+    scores = []
+    for s in sessions:
+        if key not in s.results:
+            raise RigError(f"{s.id} has no {key}.nc (its analyses: {', '.join(s.results) or 'none'})")
+        scores.append(s.results[key])
+    labels = tuple(f"{s.protocol.subject.arch or s.protocol.subject.source}:{s.protocol.subject.weights}"
+                   for s in sessions)
+    if labels[0] == labels[1]:
+        labels = (f"{labels[0]} ({sessions[0].id[-6:]})", f"{labels[1]} ({sessions[1].id[-6:]})")
+    fig = compare_preparations(scores[0], scores[1], labels=labels)
+    out = Path(args.out or f"compare-{sessions[0].id[-6:]}-{sessions[1].id[-6:]}.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"{out}: {labels[0]} vs {labels[1]}, {args.analysis}")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -279,3 +279,12 @@ def test_rerun_makes_a_new_session_from_the_saved_protocol(archive, tmp_path):
     assert b.status == "completed" and b.protocol.hash() == a.protocol.hash()
     with xr.open_dataset(a.path / "recording.nc") as x, xr.open_dataset(b.path / "recording.nc") as y:
         xr.testing.assert_identical(x.drop_attrs(), y.drop_attrs())
+
+
+def test_compare_two_sessions_side_by_side(archive, tmp_path):
+    root, a, b = archive
+    out = _cli("compare", a.id, b.id, "--archive", str(root), "--out", str(tmp_path / "c.png"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = _cli("compare", a.id, b.id, "--archive", str(root), "--analysis", "nothing")
+    assert out.returncode == 2 and "has no analyses/nothing.nc" in out.stderr
