@@ -198,8 +198,9 @@ class Protocol(Strict):
             if dup:
                 raise ValueError(f"{section} steps need unique names; give `name = ...` to: {sorted(dup)}")
         maps = [s.key for s in self.analyse if s.type == "ratemaps"]
-        for i, s in enumerate(self.analyse):
-            if s.type == "spatial_scores" and s.ratemaps not in maps[: [a.key for a in self.analyse].index(s.key)]:
+        for i, s in enumerate(self.analyse):  # steps run in order: the ratemaps must be made before they are scored
+            earlier = [a.key for a in self.analyse[:i] if a.type == "ratemaps"]
+            if s.type == "spatial_scores" and s.ratemaps not in earlier:
                 raise ValueError(f"analyse.{i}: ratemaps = {s.ratemaps!r} must name an earlier ratemaps step "
                                  f"(ratemaps steps: {maps})")
         for i, s in enumerate(self.perturb):

@@ -115,6 +115,15 @@ def test_step_names_must_be_unique():
     parse_protocol(text + 'name = "fine"\n')
 
 
+def test_spatial_scores_must_follow_their_ratemaps():
+    head = GOOD.split("[[perturb]]")[0].replace('bins = 8\n', 'name = "a"\nbins = 8\n')
+    scores = '\n[[analyse]]\ntype = "spatial_scores"\nname = "{n}"\nratemaps = "{m}"\n'
+    later = '\n[[analyse]]\ntype = "ratemaps"\nname = "b"\n'
+    parse_protocol(head + scores.format(n="s1", m="a") + later)
+    with pytest.raises(ProtocolError, match="analyse.2: ratemaps = 'b' must name an earlier ratemaps step"):
+        parse_protocol(head + scores.format(n="s1", m="a") + scores.format(n="s2", m="b") + later)
+
+
 def test_range_is_inclusive():
     assert len(Range(start=0, stop=1, step=0.025).values()) == 41
 
