@@ -295,20 +295,18 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         value = raw  # a bare string
     node: Any = data
     parts = key.strip().split(".")
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ProtocolError(f"--set {key}: {'.'.join(parts[:i])} has no entry {part}")
-            node = node[int(part)]
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ProtocolError(f"--set {key}: {'.'.join(parts[:i])} is a value ({node!r}), not a table; "
+                                f"set {'.'.join(parts[:i])}=... instead")
+        if i == len(parts) - 1:
+            node[part] = value
         else:
-            node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ProtocolError(f"--set {key}: {'.'.join(parts[:-1])} has no entry {last}")
-        node[int(last)] = value
-    else:
-        node[last] = value
+            node = node[part] if isinstance(node, list) else node.setdefault(part, {})
 
 
 def _format_error(err: dict[str, Any], data: dict[str, Any], source: str, lines: dict[tuple, int]) -> str:

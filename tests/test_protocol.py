@@ -106,6 +106,9 @@ def test_overrides_change_values_and_report_bad_paths():
         parse_protocol(GOOD, overrides=["analyse.3.bins=2"])
     with pytest.raises(ProtocolError, match="stimuli.nn: not a parameter"):
         parse_protocol(GOOD, overrides=["stimuli.nn=5"])
+    for item, value in (("name.x=1", "'t'"), ("stimuli.n.x=3", "10"), ("analyse.0.bins.y=2", "8")):
+        with pytest.raises(ProtocolError, match=f"is a value \\({value}\\), not a table"):
+            parse_protocol(GOOD, overrides=[item])
 
 
 def test_step_names_must_be_unique():
