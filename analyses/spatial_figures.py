@@ -1,4 +1,5 @@
-"""Figures of spatial analyses (matplotlib, Agg; each function returns a Figure and never shows it).
+"""Figures of spatial analyses (each function returns a `matplotlib.figure.Figure`, outside pyplot: nothing is
+shown and no global figure is left open).
 
 - `top_units_figure`: rows = sites, column groups = scores, the top-k units' ratemaps on a diverging colour
   map centred on each map's mean (the blog's figure).
@@ -9,13 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
 SCORE_LABELS = {"spatial_information": "spatial info", "grid_score": "grid", "border_score": "border"}
 
@@ -35,8 +32,8 @@ def top_units_figure(maps: Mapping[str, np.ndarray], scores: Mapping[str, Mappin
     titled with the unit index and its score.
     """
     sites = list(maps)
-    fig, axes = plt.subplots(len(sites), k * len(score_names), squeeze=False,
-                             figsize=(1.1 * k * len(score_names), 1.25 * len(sites) + 0.6))
+    fig = Figure(figsize=(1.1 * k * len(score_names), 1.25 * len(sites) + 0.6))
+    axes = fig.subplots(len(sites), k * len(score_names), squeeze=False)
     for row, site in enumerate(sites):
         m = np.asarray(maps[site])
         for g, name in enumerate(score_names):
@@ -65,7 +62,8 @@ def top_units_figure(maps: Mapping[str, np.ndarray], scores: Mapping[str, Mappin
 def score_distributions(scores: Mapping[str, Mapping[str, np.ndarray]],
                         score_names: Sequence[str] = tuple(SCORE_LABELS), bins: int = 40) -> Figure:
     """One panel per score: histograms of that score over units, one line per site."""
-    fig, axes = plt.subplots(1, len(score_names), squeeze=False, figsize=(3.2 * len(score_names), 2.6))
+    fig = Figure(figsize=(3.2 * len(score_names), 2.6))
+    axes = fig.subplots(1, len(score_names), squeeze=False)
     for g, name in enumerate(score_names):
         ax = axes[0, g]
         values = [np.asarray(scores[s][name], dtype=float) for s in scores]
@@ -87,7 +85,8 @@ def compare_preparations(a: xr.Dataset | Mapping, b: xr.Dataset | Mapping, label
 
     a, b: anything indexable by score name giving per-unit scores (e.g. `spatial_nulls` Datasets).
     """
-    fig, axes = plt.subplots(1, len(score_names), squeeze=False, figsize=(3.2 * len(score_names), 2.6))
+    fig = Figure(figsize=(3.2 * len(score_names), 2.6))
+    axes = fig.subplots(1, len(score_names), squeeze=False)
     for g, name in enumerate(score_names):
         ax = axes[0, g]
         va, vb = (np.asarray(x[name], dtype=float).ravel() for x in (a, b))

@@ -1,13 +1,11 @@
-"""Figures of lesion results: behaviour per lesioned module (per tower), behaviour vs proportion lesioned."""
+"""Figures of lesion results: behaviour per lesioned module (per tower), behaviour vs proportion lesioned.
+
+Each function returns a `matplotlib.figure.Figure` made outside pyplot (no global figure is left open)."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
 
 def _short(name: str) -> str:
@@ -18,8 +16,8 @@ def _short(name: str) -> str:
 def weight_lesion_figure(ds: xr.Dataset) -> Figure:
     """Mean target probability per lesioned module (one panel per tower, modules in order), baseline as a line."""
     towers = list(dict.fromkeys(ds["tower"].values.tolist()))
-    fig, axes = plt.subplots(len(towers), 1, figsize=(max(8, 0.12 * ds.sizes["module"] + 4), 3.2 * len(towers)),
-                             squeeze=False)
+    fig = Figure(figsize=(max(8, 0.12 * ds.sizes["module"] + 4), 3.2 * len(towers)))
+    axes = fig.subplots(len(towers), 1, squeeze=False)
     sem = ds["target_probability"].std("stimulus") / np.sqrt(ds.sizes["stimulus"])
     for ax, tower in zip(axes[:, 0], towers):
         sel = ds["tower"].values == tower
@@ -38,7 +36,8 @@ def weight_lesion_figure(ds: xr.Dataset) -> Figure:
 
 def unit_lesion_figure(ds: xr.Dataset) -> Figure:
     """Mean target probability vs proportion of units lesioned, one line per strategy with its 95 % interval."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     for strategy in ds["strategy"].values:
         m = ds["mean"].sel(strategy=strategy)
         ax.plot(ds["proportion"], m, marker="o", ms=3, label=str(strategy))
