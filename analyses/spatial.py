@@ -520,13 +520,11 @@ def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 256) -
 
 
 # --------------------------------------------------------------------------------------- border score
-def _field_labels(stack: np.ndarray, threshold: float, min_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Global field labels (b, h, w) (0 = none; ids increase with the map index) and the map of each id."""
-    b = stack.shape[0]
-    finite = np.isfinite(stack)
-    filled = np.where(finite, stack, np.inf)
-    base = filled.min(axis=(1, 2), keepdims=True)
-    shifted = np.where(finite, stack - np.where(np.isfinite(base), base, 0), np.nan)
+def _field_labels(shifted: np.ndarray, threshold: float, min_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global field labels (b, h, w) (0 = none; ids increase with the map index) and the map of each id, from
+    maps minus their minimum (`rate_transform(maps, "shift")`, NaN = unvisited)."""
+    b = shifted.shape[0]
+    finite = np.isfinite(shifted)
     peak = np.where(finite, shifted, -np.inf).max(axis=(1, 2), keepdims=True)
     with np.errstate(invalid="ignore"):
         above = finite & (shifted >= threshold * peak) & (peak > 0)
@@ -552,7 +550,7 @@ def border_fields(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5) 
     have no field.
     """
     stack, lead, _ = _split(ratemap)
-    labels, map_of = _field_labels(stack, threshold, min_bins)
+    labels, map_of = _field_labels(rate_transform(stack, "shift"), threshold, min_bins)
     first = np.concatenate([[0], np.maximum.accumulate(labels.reshape(len(stack), -1).max(1))])[:-1]
     local = np.where(labels > 0, labels - first[:, None, None], 0)
     return local.reshape(lead + stack.shape[-2:])
@@ -574,11 +572,11 @@ def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, s
 
     def block(maps: np.ndarray) -> np.ndarray:
         b, h, w = maps.shape
-        labels, map_of = _field_labels(maps, threshold, min_bins)
+        shifted = rate_transform(maps, "shift")
+        labels, map_of = _field_labels(shifted, threshold, min_bins)
         n_ids = map_of.size
-        visited = np.isfinite(maps)
-        base = np.where(visited, maps, np.inf).min(axis=(1, 2), keepdims=True)
-        rate = np.where(visited, maps - np.where(np.isfinite(base), base, 0), 0.0)
+        visited = np.isfinite(shifted)
+        rate = np.where(visited, shifted, 0.0)
         cover = np.zeros(b)
         for wall in ("top", "bottom", "left", "right"):
             lab, vis = _wall_strip(labels, wall, search_width), _wall_strip(visited, wall, search_width)
