@@ -14,8 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from analyses.ratemaps import (AnalysisInputError, _coordinate, bin_means, bin_positions, default_extent,
-                               regression_basis, residualise)
+from analyses.ratemaps import AnalysisInputError, bin_means, regression_basis, residualise, stimulus_bins
 from analyses.spatial import border_score, grid_score, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
@@ -69,16 +68,12 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     over the unit dims with, per score, `<score>`, `<score>_p`, `<score>_null_mean`, `<score>_null_sd`, and
     `class` (see `classify`); attrs hold the settings (with `regress_out`, the covariate labels).
     """
-    if "stimulus" not in responses.dims:
-        raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
+    flat, shape, extent = stimulus_bins(responses, x, y, bins, extent)
     if n_shuffles < 1:
         raise AnalysisInputError(f"n_shuffles must be >= 1, got {n_shuffles}")
     for name in scores:
         if name not in SCORES:
             raise AnalysisInputError(f"unknown score {name!r}; choose from {SCORES}")
-    xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
-    extent = default_extent(responses, xs, ys) if extent is None else extent
-    flat, shape = bin_positions(xs, ys, bins, extent)
     basis, covariates = regression_basis(responses, regress_out)
     resp = responses.transpose("stimulus", ...)
     other = [d for d in resp.dims if d != "stimulus"]

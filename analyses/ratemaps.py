@@ -205,6 +205,25 @@ def default_extent(responses: xr.DataArray, xs: np.ndarray, ys: np.ndarray) -> t
     return (0.0, float(cw), 0.0, float(ch))
 
 
+def stimulus_bins(responses: xr.DataArray, x: Any, y: Any, bins: int | tuple[int, int],
+                  extent: Sequence[float] | None) -> tuple[np.ndarray, tuple[int, int], Sequence[float]]:
+    """Check `responses` and bin its stimuli: flat bin per stimulus (-1 outside), (ny, nx), and the extent used.
+
+    x, y, bins, extent as in `ratemaps` (extent None: `default_extent`). Raises `AnalysisInputError` when
+    `responses` is not a DataArray with a `stimulus` dim or no stimulus lies inside the extent.
+    """
+    if not isinstance(responses, xr.DataArray):
+        raise AnalysisInputError("responses must be an xarray DataArray with a 'stimulus' dim")
+    if "stimulus" not in responses.dims:
+        raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
+    xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
+    extent = default_extent(responses, xs, ys) if extent is None else extent
+    flat, shape = bin_positions(xs, ys, bins, extent)
+    if not (flat >= 0).any():
+        raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
+    return flat, shape, extent
+
+
 def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | tuple[int, int] = 28,
              extent: Sequence[float] | None = None, smoothing: float | None = None, rate: str = "none",
              min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32,
@@ -225,17 +244,9 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     bin), bin-centre coordinates `y_bin`, `x_bin` in pixels, attrs bins, extent, smoothing, rate,
     min_occupancy, n_outside (stimuli outside the extent, ignored), regress_out (covariate labels).
     """
-    if not isinstance(responses, xr.DataArray):
-        raise AnalysisInputError("responses must be an xarray DataArray with a 'stimulus' dim")
-    if "stimulus" not in responses.dims:
-        raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
     if rate not in RATES:
         raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
-    xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
-    extent = default_extent(responses, xs, ys) if extent is None else extent
-    flat, (ny, nx) = bin_positions(xs, ys, bins, extent)
-    if not (flat >= 0).any():
-        raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
+    flat, (ny, nx), extent = stimulus_bins(responses, x, y, bins, extent)
     occupancy = np.bincount(flat[flat >= 0], minlength=ny * nx)
     basis, covariates = regression_basis(responses, regress_out)
 
