@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from analyses.ratemaps import AnalysisInputError, bin_means, regression_basis, residualise, stimulus_bins
+from analyses.ratemaps import RATES, AnalysisInputError, bin_means, regression_basis, residualise, stimulus_bins
 from analyses.spatial import border_score, grid_score, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
@@ -69,6 +69,8 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     `class` (see `classify`); attrs hold the settings (with `regress_out`, the covariate labels).
     """
     flat, shape, extent = stimulus_bins(responses, x, y, bins, extent)
+    if rate not in RATES:
+        raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
     if n_shuffles < 1:
         raise AnalysisInputError(f"n_shuffles must be >= 1, got {n_shuffles}")
     for name in scores:
