@@ -206,6 +206,12 @@ class PrefixRunner:
                     outs.append(self._readout(readout, self._suffix_forward(shape, self._load(payload))))
         return np.concatenate(outs, axis=0)
 
+    def probe(self) -> None:
+        """One full forward of the first stimulus (no grad), for hooks the caller registered around it."""
+        _, images = next(iter(self.source.batches(1)))
+        with torch.no_grad():
+            self._forward(images[:1])
+
     @property
     def cls_only(self) -> bool:
         """True when the last block computes only the CLS token (verified against the full forward)."""

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import xarray as xr
 
 from rig.errors import RigError
@@ -123,9 +121,7 @@ def _site_units(runner: PrefixRunner, site: str) -> int:
 
     h = module.register_forward_hook(grab)
     try:
-        idx, images = next(iter(runner.source.batches(1)))
-        with torch.no_grad():
-            runner._forward(images[:1])
+        runner.probe()
     finally:
         h.remove()
     if "s" not in shape:

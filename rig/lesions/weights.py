@@ -56,9 +56,7 @@ def _image_path_modules(runner: PrefixRunner, names: Sequence[str]) -> set[str]:
     ran: set[str] = set()
     handles = [runner.model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: ran.add(n)) for n in names]
     try:
-        _, images = next(iter(runner.source.batches(1)))
-        with torch.no_grad():
-            runner._forward(images[:1])
+        runner.probe()
     finally:
         for h in handles:
             h.remove()
