@@ -25,9 +25,7 @@ def collect(protocol: Any) -> dict[str, Any]:
         "rig_version": _version("rig"),
         "git_commit": commit,
         "git_dirty": dirty,
-        "code_hash": code_hash(),
-        "python": platform.python_version(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        **code_state(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "device": None,
@@ -42,8 +40,16 @@ def collect(protocol: Any) -> dict[str, Any]:
     }
 
 
+def code_state() -> dict[str, Any]:
+    """The part of provenance that `incompatibilities` compares: code hash, Python and package versions (cheap:
+    no git call, no checkpoint hashing)."""
+    return {"code_hash": code_hash(), "python": platform.python_version(),
+            "packages": {name: _version(name) for name in PACKAGES}}
+
+
 def incompatibilities(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Reasons why results made under `old` provenance must not be mixed with results made under `new`."""
+    """Reasons why results made under `old` provenance must not be mixed with results made under `new`
+    (`new` may be just `code_state()`)."""
     reasons = [f"{key} changed ({old.get(key)} -> {new.get(key)})"
                for key in COMPATIBILITY_KEYS if old.get(key) != new.get(key)]
     for name in ("torch", "open_clip_torch", "timm", "torchvision"):

@@ -216,7 +216,7 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
         if current.hash() != proto.hash() and not force:
             raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
                            "settings (use `rig rerun` for a new session, or --force)")
-    reasons = provenance.incompatibilities(session.provenance, provenance.collect(proto))
+    reasons = provenance.incompatibilities(session.provenance, provenance.code_state())
     done = [k for k, v in info["steps"].items() if v.get("status") == "done"]
     if reasons and done and not force:
         raise RigError(f"{session.id}: cannot resume: {'; '.join(reasons)}; the finished steps "

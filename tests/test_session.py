@@ -232,6 +232,14 @@ def test_resume_refuses_edited_protocol_and_a_locked_session(tmp_path):
         os.close(fd)
 
 
+def test_resume_refuses_results_of_other_code(tmp_path):
+    folder = _interrupted_session(tmp_path)
+    prov = json.loads((folder / "provenance.json").read_text())
+    (folder / "provenance.json").write_text(json.dumps({**prov, "code_hash": "other"}))
+    with pytest.raises(RigError, match=r"cannot resume: code_hash changed \(other -> [0-9a-f]{64}\).*\(design\)"):
+        rig.resume(folder, progress=False)
+
+
 def test_mistakes_leave_no_session_behind(tmp_path):
     proto = _protocol(tmp_path)
     proto.write_text(proto.read_text().replace('"place", "grid"', '"plaec", "grid"'))
