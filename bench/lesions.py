@@ -19,7 +19,8 @@ import torch
 
 import stimuli
 from rig.behaviour import make_readout
-from rig.lesions import PrefixRunner, UnitSilencer
+from rig.lesions import PrefixRunner, silenced
+from rig.lesions.units import _site_units
 from rig.subjects import load_subject
 
 
@@ -36,17 +37,18 @@ def main() -> None:
     images = np.concatenate([im for _, im in stim.batches(a.batch_size)])  # rendered once, used by both paths
     props = (np.arange(a.conditions) + 0.5) / a.conditions  # distinct random masks per condition
     rng = np.random.default_rng(0)
-    silencer = UnitSilencer(subject.model.get_submodule(a.site))
     wall = {"cached": 0.0, "naive": 0.0}
     cpu = dict(wall)
     diff = 0.0
     with PrefixRunner(subject, images, a.batch_size) as cached, \
-            PrefixRunner(subject, images, a.batch_size, use_cache=False) as naive:
+            PrefixRunner(subject, images, a.batch_size, use_cache=False) as naive, \
+            silenced(subject.model.get_submodule(a.site)) as silencer:
+        n_units = _site_units(naive, a.site)
         t, c = time.perf_counter(), time.process_time()
         cached.prepare(a.site)
         prep_wall, prep_cpu = time.perf_counter() - t, time.process_time() - c
         for p in props:
-            masks = rng.permutation(768)[None, :] < round(p * 768)  # (1, 768): shared by all stimuli
+            masks = rng.permutation(n_units)[None, :] < round(p * n_units)  # (1, U): shared by all stimuli
             out = {}
             for mode, runner in (("cached", cached), ("naive", naive)):
                 t, c = time.perf_counter(), time.process_time()
@@ -54,9 +56,8 @@ def main() -> None:
                 wall[mode] += time.perf_counter() - t
                 cpu[mode] += time.process_time() - c
             diff = max(diff, float(np.abs(out["cached"] - out["naive"]).max()))
-    silencer.remove()
     k = a.conditions
-    print(f"CLIP ViT-B-32 random, {a.n} stimuli, {k} unit-lesion conditions at {a.site}, torch threads "
+    print(f"CLIP ViT-B-32 random, {a.n} stimuli, {k} unit-lesion conditions at {a.site} ({n_units} units), torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} (at the end)")
     print(f"  cache: {cached.split.block if cached.split else cached.fallback}, CLS-only last block "
           f"{cached.cls_only}, stem replayed {cached.stem}")
