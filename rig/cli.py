@@ -188,9 +188,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     key = f"analyses/{args.analysis}"
     scores = []
     for s in sessions:
-        if key not in s.results:
-            raise RigError(f"{s.id} has no {key}.nc (its analyses: {', '.join(s.results) or 'none'})")
-        scores.append(s.results[key])
+        results = s.results  # opens every result file: once per session
+        if key not in results:
+            raise RigError(f"{s.id} has no {key}.nc (its analyses: {', '.join(results) or 'none'})")
+        scores.append(results[key])
     labels = tuple(f"{s.protocol.subject.arch or s.protocol.subject.source}:{s.protocol.subject.weights}"
                    for s in sessions)
     if labels[0] == labels[1]:
