@@ -307,11 +307,7 @@ class Phantom(nn.Module):
         images = images.to(self.readout.weight.dtype)
         loc = self.locate(images)
         xi = self.frozen_noise(images)  # (B, 2U): per unit, noise then drive
-        pops, start = [], 0
-        for name in POPULATIONS:
-            pop = getattr(self, name)
-            pops.append(pop(loc, xi[:, 2 * start:2 * (start + pop.n)]))
-            start += pop.n
+        pops = [getattr(self, name)(loc, xi[:, 2 * s.start:2 * s.stop]) for name, s in self.populations.items()]
         return self.readout(self.units(*pops))
 
     def frozen_noise(self, images: torch.Tensor) -> torch.Tensor:
