@@ -134,9 +134,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     old = open_session(args.session, archive=args.archive)
     archive = args.archive or old.path.parent
     if (old.path / "protocol.toml").is_file():
-        overrides_file = old.path / "overrides.json"
-        overrides = json.loads(overrides_file.read_text()) if overrides_file.is_file() else None
-        session = run(old.path / "protocol.toml", archive=archive, overrides=overrides, progress=not args.quiet)
+        session = run(old.path / "protocol.toml", archive=archive, overrides=old.overrides, progress=not args.quiet)
     else:
         session = run(old.protocol, archive=archive, progress=not args.quiet)
     print(f"session {session.id}: {session.status} (rerun of {old.id})\n  {session.path}")

@@ -84,6 +84,12 @@ class Session:
         data = json.loads((self.path / "protocol.resolved.json").read_text())
         return validate_protocol(data, source=str(self.path / "protocol.resolved.json"))
 
+    @property
+    def overrides(self) -> list[str] | None:
+        """The `--set` overrides the session was run with (None when none)."""
+        f = self.path / "overrides.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
     @cached_property
     def provenance(self) -> dict[str, Any]:
         return json.loads((self.path / "provenance.json").read_text())
@@ -209,10 +215,8 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
                        f"{info.get('heartbeat')}); stop it first, or wait for it")
     proto = session.protocol
     if (session.path / "protocol.toml").is_file():
-        overrides = json.loads((session.path / "overrides.json").read_text()) \
-            if (session.path / "overrides.json").is_file() else None
         current = parse_protocol((session.path / "protocol.toml").read_text(), str(session.path / "protocol.toml"),
-                                 overrides)
+                                 session.overrides)
         if current.hash() != proto.hash() and not force:
             raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
                            "settings (use `rig rerun` for a new session, or --force)")

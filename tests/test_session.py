@@ -276,7 +276,8 @@ def test_phantom_protocol_recovers_the_planted_truth(tmp_path):
 
 
 def test_rerun_makes_a_new_session_from_the_saved_protocol(archive, tmp_path):
-    _, a, _ = archive
+    _, _, a = archive  # the session run with an override: the rerun applies it again
+    assert a.overrides == ["stimuli.seed=2"] and archive[1].overrides is None
     root = tmp_path / "other"
     shutil.copytree(a.path, root / a.id)
     out = _cli("rerun", a.id, "--archive", str(root), "--quiet")
