@@ -160,6 +160,8 @@ def test_text_lesion_without_rebuild_readout_is_a_user_error(clip, circles):
     subject, readout = clip
     with pytest.raises(RigError, match="rebuild_readout"):
         weight_lesions(subject, circles, readout, ["ln_final"])
+    with pytest.raises(RigError, match="no modules to lesion"):
+        weight_lesions(subject, circles, readout, [])
 
 
 # -- cached prefix -----------------------------------------------------------------------------------------------
@@ -358,6 +360,10 @@ def test_unit_ranks_strategies():
         unit_ranks("targeted", 3, 2)
     with pytest.raises(RigError):
         unit_ranks("units", 5, 2, units=[7])
+    with pytest.raises(RigError, match="positions for 2 stimuli"):
+        unit_ranks("targeted", 3, 2, ratemaps=rm, x=np.array([12.0, 29.0, 1.0]), y=np.array([28.0, 5.0]))
+    with pytest.raises(RigError, match="ratemaps have 3 units but the site has 4"):
+        unit_ranks("targeted", 4, 2, ratemaps=rm, x=np.array([12.0, 29.0]), y=np.array([28.0, 5.0]))
     np.testing.assert_allclose(proportion_grid(0, 1, 0.025)[[0, 1, -1]], [0, 0.025, 1.0])
     assert len(proportion_grid(0, 1, 0.025)) == 41
 

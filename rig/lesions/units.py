@@ -97,8 +97,11 @@ def unit_ranks(
     if strategy in ("targeted", "targeted_abs"):
         if ratemaps is None or x is None or y is None:
             raise RigError(f"strategy {strategy!r} needs ratemaps and stimulus positions; record and analyse first")
+        if len(x) != n_stimuli or len(y) != n_stimuli:
+            raise RigError(f"{len(x)} x and {len(y)} y positions for {n_stimuli} stimuli; pass one (x, y) per "
+                           "stimulus")
         values = ratemap_at(ratemaps, x, y)
-        if values.shape != (n_stimuli, n_units):
+        if values.shape[1] != n_units:
             raise RigError(f"ratemaps have {values.shape[1]} units but the site has {n_units}; use the same site")
         return ranks_from_scores(np.abs(values) if strategy == "targeted_abs" else values)
     if strategy == "units":

@@ -90,6 +90,8 @@ def weight_lesions(
     """
     model = subject.model
     names = list(modules) if modules is not None else weighted_modules(model)
+    if not names:
+        raise RigError("no modules to lesion; pass module names (see rig.lesions.weighted_modules(model))")
     known = dict(model.named_modules())
     missing = [n for n in names if n not in known]
     if missing:
