@@ -104,8 +104,8 @@ class Subject:
         """sha256 (hex) over the model's state dict (names, dtypes, shapes, bytes), for provenance."""
         h = hashlib.sha256()
         for key, value in self.model.state_dict().items():
-            t = value.detach().to("cpu").contiguous()
-            h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            t = value.detach().to("cpu").contiguous().reshape(-1)  # 1-D: a 0-dim tensor cannot be viewed as bytes
+            h.update(f"{key}:{t.dtype}:{tuple(value.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 

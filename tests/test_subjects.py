@@ -360,6 +360,10 @@ def test_weights_hash_tracks_parameters():
     with torch.no_grad():
         b.model.head.bias[0] += 1
     assert b.weights_hash() != h
+    a.model.register_buffer("scale", torch.tensor(2.0))  # 0-dim, like CLIP's logit_scale
+    h0 = a.weights_hash()
+    a.model.scale.fill_(3.0)
+    assert a.weights_hash() != h0
     assert a.describe()["n_parameters"] == sum(p.numel() for p in a.model.parameters())
 
 
