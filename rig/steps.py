@@ -132,8 +132,7 @@ def record(ctx: StepContext) -> list[str]:
                 ctx.headline["behaviour_target"] = str(beh.attrs.get("target", ""))
     with xr.open_dataset(ctx.folder / "recording.nc") as rec:
         ctx.headline["sites"] = len(rec.data_vars)
-        ctx.headline["units"] = int(sum(np.prod([rec[v].sizes[d] for d in rec[v].dims if d != "stimulus"])
-                                        for v in rec.data_vars))
+        ctx.headline["units"] = sum(_n_units(rec[v]) for v in rec.data_vars)
     return outputs
 
 
@@ -141,7 +140,12 @@ def record(ctx: StepContext) -> list[str]:
 # analyse
 
 
-def _recorded_sites(ctx: StepContext, rec: xr.Dataset, patterns: list[str], key: str) -> list[str]:
+def _n_units(da: xr.DataArray) -> int:
+    """Recorded values per stimulus of one site (units x tokens, or units x map positions)."""
+    return int(np.prod([s for d, s in da.sizes.items() if d != "stimulus"]))
+
+
+def _recorded_sites(rec: xr.Dataset, patterns: list[str], key: str) -> list[str]:
     from fnmatch import fnmatchcase
 
     from .errors import SiteError
@@ -188,7 +192,7 @@ def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
     import analyses
 
     rec = ctx.recording()
-    sites = _recorded_sites(ctx, rec, spec.sites, f"analyse.{spec.key}")
+    sites = _recorded_sites(rec, spec.sites, f"analyse.{spec.key}")
     relative = f"analyses/{spec.key}.nc"
     with atomic_path(ctx.folder / relative) as tmp:
         for i, site in enumerate(sites):
@@ -202,8 +206,7 @@ def analyse_ratemaps(ctx: StepContext, spec: Any) -> list[str]:
                                   if v is not None})
             out.to_netcdf(tmp, mode="w" if i == 0 else "a", engine="netcdf4")
             ctx.log.info("ratemaps %s: %s", site, dict(maps["ratemap"].sizes))
-    ctx.headline["ratemaps"] = int(sum(np.prod([s for d, s in rec[v].sizes.items() if d != "stimulus"])
-                                       for v in sites))
+    ctx.headline["ratemaps"] = sum(_n_units(rec[v]) for v in sites)
     return [relative]
 
 
