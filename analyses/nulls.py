@@ -73,6 +73,8 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
         raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
     if n_shuffles < 1:
         raise AnalysisInputError(f"n_shuffles must be >= 1, got {n_shuffles}")
+    if not scores:
+        raise AnalysisInputError(f"scores is empty; choose one or more of {SCORES}")
     for name in scores:
         if name not in SCORES:
             raise AnalysisInputError(f"unknown score {name!r}; choose from {SCORES}")

@@ -59,6 +59,12 @@ def test_p_value_formula_and_classify_rule():
         spatial_nulls(resp, n_shuffles=0)
     with pytest.raises(AnalysisInputError):
         spatial_nulls(resp, scores=("coherence",))
+    with pytest.raises(AnalysisInputError, match="scores is empty"):
+        spatial_nulls(resp, scores=())
+    with pytest.raises(AnalysisInputError, match="rate must be one of"):
+        spatial_nulls(resp, rate="log", scores=("grid_score",))
+    with pytest.raises(AnalysisInputError, match="no stimulus position lies inside extent"):
+        spatial_nulls(resp, extent=(1000, 1100, 1000, 1100))
 
 
 def _size_confounded(n=1000, canvas=224, n_size_units=24, seed=1):
