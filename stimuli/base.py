@@ -74,6 +74,8 @@ class StimulusSet:
     def batches(self, batch_size: int = 32, start: int = 0, stop: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield `(indices, images)` for consecutive batches of stimuli in `[start, stop)`."""
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise StimulusError(f"batch_size must be a positive integer, got {batch_size!r}", "batch_size")
         stop = len(self) if stop is None else min(stop, len(self))
         for lo in range(start, stop, batch_size):
             idx = np.arange(lo, min(lo + batch_size, stop))

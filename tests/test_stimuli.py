@@ -78,6 +78,9 @@ def test_batches_cover_all_and_are_bounded():
         assert len(idx) == len(img) <= 32
         seen.extend(idx)
     assert seen == list(range(70))
+    for bad in (0, -1):
+        with pytest.raises(StimulusError, match="batch_size must be a positive integer"):
+            next(s.batches(bad))
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
