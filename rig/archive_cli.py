@@ -202,7 +202,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise RigError(f"refusing to delete {len(infos)} session(s) without confirmation; pass --yes")
         names = "\n  ".join(i.id for i in infos)
-        answer = input(f"delete {len(infos)} session(s), {human_bytes(total)}:\n  {names}\n[y/N] ")
+        try:
+            answer = input(f"delete {len(infos)} session(s), {human_bytes(total)}:\n  {names}\n[y/N] ")
+        except EOFError:  # Ctrl-D: no
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1

@@ -180,6 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from analyses import compare_preparations
 
     from .errors import RigError
+    from .io import atomic_path
     from .session import open_session
 
     sessions = [open_session(ref, archive=args.archive) for ref in (args.a, args.b)]
@@ -196,7 +197,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         labels = (f"{labels[0]} ({sessions[0].id[-6:]})", f"{labels[1]} ({sessions[1].id[-6:]})")
     fig = compare_preparations(scores[0], scores[1], labels=labels)
     out = Path(args.out or f"compare-{sessions[0].id[-6:]}-{sessions[1].id[-6:]}.png")
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:  # makes the folder; never leaves half a PNG
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     print(f"{out}: {labels[0]} vs {labels[1]}, {args.analysis}")
     return 0

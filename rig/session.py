@@ -35,7 +35,7 @@ from . import provenance
 from .archive import SessionInfo, default_archive
 from .errors import RigError
 from .io import write_json, write_text
-from .protocol import Protocol, load_protocol, parse_protocol, validate_protocol
+from .protocol import Protocol, parse_protocol, validate_protocol
 
 SESSION_SCHEMA = 1
 HEARTBEAT_S = 5.0
@@ -123,8 +123,8 @@ class Session:
     def _file(self, name: str) -> Path:
         f = self.path / name
         if not f.is_file():
-            raise RigError(f"{self.id} has no {name} (status {self.status}; steps done: "
-                           f"{', '.join(k for k, v in self.info.get('steps', {}).items() if v.get('status') == 'done')})")
+            done = [k for k, v in self.info.get("steps", {}).items() if v.get("status") == "done"]
+            raise RigError(f"{self.id} has no {name} (status {self.status}; steps done: {', '.join(done) or 'none'})")
         return f
 
 
@@ -148,8 +148,11 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
             raise RigError("overrides apply to protocol files; change the Protocol object instead")
     else:
         path = Path(protocol)
-        proto = load_protocol(path, overrides)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise RigError(f"{path}: cannot read protocol file ({e.strerror})") from None
+        proto = parse_protocol(text, source=str(path), overrides=overrides)  # the text saved is the text run
     subject = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
     archive = Path(archive) if archive is not None else default_archive()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -278,7 +281,7 @@ class Runner:
                     raise SessionInterrupted(f"signal {received['signal']}")
                 self._update(status="completed")
                 self._report(log)
-            except (KeyboardInterrupt, SessionInterrupted):
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as SessionInterrupted
                 log.warning("session interrupted during %s", current)
                 if current:
                     self._step(current, status="interrupted")
