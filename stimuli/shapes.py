@@ -56,6 +56,9 @@ def shapes(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] =
         raise StimulusError(f"n must be a positive integer, got {n!r}", "n")
     if layout not in LAYOUTS:
         raise StimulusError(f"layout must be one of {LAYOUTS}, got {layout!r}", "layout")
+    if isinstance(shapes, str):
+        raise StimulusError(f"shapes must be a list of shape names, e.g. [{shapes!r}], got the string {shapes!r}",
+                            "shapes")
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes:
         raise StimulusError(f"unknown shape(s) {unknown}; choose from {SHAPES}", "shapes")

@@ -96,6 +96,11 @@ def test_bad_parameters_say_what_is_wrong(kwargs, fragment):
         stimuli.circles(**kwargs)
 
 
+def test_shapes_as_one_string_is_refused_with_the_list_to_write():
+    with pytest.raises(StimulusError, match=r"list of shape names, e.g. \['square'\]"):
+        stimuli.shapes(n=4, shapes="square")
+
+
 def test_make_by_name_and_suggestion():
     assert len(stimuli.make("circles", n=5)) == 5
     with pytest.raises(StimulusError, match="did you mean 'circles'"):
