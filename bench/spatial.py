@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,9 +87,10 @@ def main() -> None:
 
     opx = Path(a.opexebo_python)
     if opx.exists():
-        path = Path("/tmp/bench_spatial_maps.npy")
-        np.save(path, maps[:20].astype(np.float64))
-        out = subprocess.run([str(opx), "-c", OPEXEBO_SNIPPET, str(path)], capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "maps.npy"
+            np.save(path, maps[:20].astype(np.float64))
+            out = subprocess.run([str(opx), "-c", OPEXEBO_SNIPPET, str(path)], capture_output=True, text=True)
         if out.returncode == 0:
             opx_ms = 1e3 * float(out.stdout.strip().splitlines()[-1])
             print(f"grid score per map (cpu): opexebo {opx_ms:.1f} ms | ours {grid_ms:.2f} ms | "

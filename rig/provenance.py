@@ -83,9 +83,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _weights_file_hash(weights: str) -> str | None:
-    """sha256 of a local checkpoint file (None for "random" and library tags)."""
-    path = Path(weights).expanduser()
-    return file_sha256(path) if weights != "random" and path.is_file() else None
+    """sha256 of a local checkpoint file (None for "random" and library tags), by the subject loader's rule of
+    what a checkpoint path is."""
+    from .errors import SubjectError
+    from .subjects import _checkpoint_path
+
+    try:
+        path = _checkpoint_path(weights)
+    except SubjectError:  # a missing file: the subject loader says so
+        return None
+    return file_sha256(path) if path is not None else None
 
 
 def _version(name: str) -> str | None:

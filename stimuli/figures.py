@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .base import StimulusSet
+from .base import StimulusError, StimulusSet
 
 
 def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int = 0, columns: int = 8) -> Figure:
     """A grid of `n` stimuli drawn at random (seeded), each titled with its index and parameters."""
+    if n < 1:
+        raise StimulusError(f"a contact sheet needs n >= 1 stimuli, got {n}", "n")
     rng = np.random.default_rng(seed)
     n = min(n, len(stimulus_set))
     idx = np.sort(rng.choice(len(stimulus_set), n, replace=False))
