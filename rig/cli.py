@@ -187,7 +187,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     key = f"analyses/{args.analysis}"
     scores = []
     for s in sessions:
-        results = s.results  # opens every result file: once per session
+        results = s.results
         if key not in results:
             raise RigError(f"{s.id} has no {key}.nc (its analyses: {', '.join(results) or 'none'})")
         scores.append(results[key])

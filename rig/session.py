@@ -27,7 +27,7 @@ import time
 import traceback
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Mapping
 
 import xarray as xr
 
@@ -112,13 +112,10 @@ class Session:
         return xr.open_dataset(self._file("behaviour.nc"))
 
     @property
-    def results(self) -> dict[str, xr.Dataset]:
-        """Analysis and perturbation results by name (`analyses/<name>`, `perturb/<name>`), opened lazily."""
-        out: dict[str, xr.Dataset] = {}
-        for section in ("analyses", "perturb"):
-            for f in sorted((self.path / section).glob("*.nc")):
-                out[f"{section}/{f.stem}"] = xr.open_dataset(f)
-        return out
+    def results(self) -> "Results":
+        """Analysis and perturbation results by name (`analyses/<name>`, `perturb/<name>`); a file is opened
+        (lazily, as an `xr.Dataset`) only when its name is looked up."""
+        return Results(self.path)
 
     def _file(self, name: str) -> Path:
         f = self.path / name
@@ -126,6 +123,33 @@ class Session:
             done = [k for k, v in self.info.get("steps", {}).items() if v.get("status") == "done"]
             raise RigError(f"{self.id} has no {name} (status {self.status}; steps done: {', '.join(done) or 'none'})")
         return f
+
+
+class Results(Mapping[str, xr.Dataset]):
+    """The result files of a session folder as a read-only mapping; each is opened on first access, once."""
+
+    SECTIONS = ("analyses", "perturb")
+
+    def __init__(self, folder: Path):
+        self._files = {f"{section}/{f.stem}": f for section in self.SECTIONS
+                       for f in sorted((folder / section).glob("*.nc"))}
+        self._open: dict[str, xr.Dataset] = {}
+
+    def __getitem__(self, name: str) -> xr.Dataset:
+        if name not in self._files:
+            raise KeyError(f"{name!r}: no such result (results: {', '.join(self._files) or 'none'})")
+        if name not in self._open:
+            self._open[name] = xr.open_dataset(self._files[name])
+        return self._open[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __repr__(self) -> str:
+        return f"Results({list(self._files)})"
 
 
 def open_session(path: str | os.PathLike, archive: str | os.PathLike | None = None) -> Session:
