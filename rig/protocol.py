@@ -174,6 +174,15 @@ class UnitLesionsStep(StepSpec):
         return v
 
 
+class CompareSpec(Strict):
+    """A second preparation run through the same protocol, for side-by-side figures (e.g. trained vs random)."""
+
+    overrides: list[str] = Field(..., min_length=1, description="settings of the second preparation as "
+                                 "key.path=value, e.g. ['subject.weights=random']")
+    label: str | None = Field(None, description="name of the second preparation in figures (default: its "
+                              "weights)")
+
+
 AnalyseStep = Annotated[Union[RatemapsStep, SpatialScoresStep], Field(discriminator="type")]
 PerturbStep = Annotated[Union[WeightLesionsStep, UnitLesionsStep], Field(discriminator="type")]
 
@@ -189,6 +198,7 @@ class Protocol(Strict):
     behaviour: BehaviourSpec | None = None
     analyse: list[AnalyseStep] = Field(default_factory=list)
     perturb: list[PerturbStep] = Field(default_factory=list)
+    compare: CompareSpec | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Protocol":
@@ -212,6 +222,15 @@ class Protocol(Strict):
         if self.perturb and (self.behaviour is None or not (self.behaviour.target or self.behaviour.top_k)):
             raise ValueError("perturb steps measure behaviour: add [behaviour] with prompts and a target")
         return self
+
+    def compared(self, source: str = "<protocol>") -> "Protocol":
+        """The protocol of the comparison preparation: this one with `compare.overrides` applied (and no
+        [compare] of its own)."""
+        data = self.resolved()
+        overrides = data.pop("compare")["overrides"]
+        for item in overrides:
+            _apply_override(data, item, f"{source} [compare]")
+        return validate_protocol(data, source=f"{source} [compare]")
 
     def resolved(self) -> dict[str, Any]:
         """Every setting with defaults filled in, as JSON-able data (protocol.resolved.json)."""
@@ -259,6 +278,13 @@ def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: st
     except ValidationError as e:
         raise ProtocolError("\n".join(_format_error(err, data, source, lines) for err in e.errors())) from None
     _check_stimuli(protocol, source, lines)
+    if protocol.compare is not None:
+        try:
+            protocol.compared("")
+        except ProtocolError as e:
+            first = re.sub(r"^ \[compare\]:[^:]*: ", "", str(e).splitlines()[0])
+            where_ = f"{source}:{_line_for(('compare', 'overrides'), lines)}"
+            raise ProtocolError(f"{where_}: compare.overrides: {first}") from None
     return protocol
 
 

@@ -259,7 +259,7 @@ def step_keys(protocol: Protocol) -> list[str]:
     keys = ["design", "record"]
     keys += [f"analyse/{s.key}" for s in protocol.analyse]
     keys += [f"perturb/{s.key}" for s in protocol.perturb]
-    return keys
+    return keys + (["compare"] if protocol.compare is not None else [])
 
 
 class Runner:

@@ -90,6 +90,8 @@ def run_step(ctx: StepContext, key: str) -> list[str]:
         return design(ctx)
     if key == "record":
         return record(ctx)
+    if key == "compare":
+        return compare(ctx)
     section, name = key.split("/", 1)
     spec = next(s for s in getattr(ctx.protocol, section) if s.key == name)
     return STEP_TYPES[spec.type](ctx, spec)
@@ -347,3 +349,45 @@ def perturb_unit_lesions(ctx: StepContext, spec: Any) -> list[str]:
         if half is not None:
             ctx.headline[f"{spec.key}: {strategy} @ 50%"] = round(float(half), 3)
     return _finish_perturb(ctx, spec, ds, unit_lesion_figure(ds))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compare
+
+
+def compare(ctx: StepContext) -> list[str]:
+    """Run the comparison preparation (`[compare]`: this protocol with some settings changed, e.g. random
+    weights) as a session nested in `compare/`, then draw each spatial-scores result of both side by side.
+
+    A nested session that was interrupted is resumed, a completed one reused.
+    """
+    import matplotlib.pyplot as plt
+
+    import analyses
+
+    from .session import open_session, resume, run
+
+    spec = ctx.protocol.compare
+    other_protocol = ctx.protocol.compared(str(ctx.folder / "protocol.resolved.json"))
+    nested = sorted((ctx.folder / "compare").glob("*/session.json"))
+    if not nested:
+        other = run(other_protocol, archive=ctx.folder / "compare", progress=ctx.progress)
+    elif open_session(nested[0].parent).status != "completed":
+        other = resume(nested[0].parent, progress=ctx.progress)
+    else:
+        other = open_session(nested[0].parent)
+    label = spec.label or f"weights={other_protocol.subject.weights}, seed={other_protocol.subject.seed}"
+    mine = f"weights={ctx.protocol.subject.weights}, seed={ctx.protocol.subject.seed}"
+    outputs = []
+    for step in ctx.protocol.analyse:
+        if step.type != "spatial_scores":
+            continue
+        with xr.open_dataset(ctx.folder / f"analyses/{step.key}.nc") as a, \
+                xr.open_dataset(other.path / f"analyses/{step.key}.nc") as b:
+            fig = analyses.compare_preparations(a, b, labels=(mine, label))
+            outputs.append(ctx.write_figure(f"compare_{step.key}", fig))
+            plt.close(fig)
+    for key, value in other.info.get("headline", {}).items():
+        ctx.headline[f"compare: {key}"] = value
+    ctx.headline["compare: session"] = f"compare/{other.id}"
+    return outputs
