@@ -10,7 +10,14 @@ class ProtocolError(RigError):
 
 
 class SubjectError(RigError):
-    """A subject (network) that cannot be built or loaded, e.g. weights missing offline."""
+    """A subject (network) that cannot be built or loaded, e.g. weights missing offline.
+
+    `key` names the `[subject]` setting at fault (`arch`, `weights`, `device`, `factory`), for protocol errors.
+    """
+
+    def __init__(self, message: str, key: str = "arch"):
+        super().__init__(message)
+        self.key = key
 
 
 class SiteError(RigError):

@@ -210,9 +210,7 @@ def preflight(proto: Protocol, source: str) -> Any:
     try:
         subject = load_subject(**s.kwargs())
     except SubjectError as e:
-        key = "weights" if s.weights != "random" and "weights" in str(e).lower() else \
-            ("factory" if s.source == "factory" else "arch")
-        raise ProtocolError(f"{where(source, ('subject', key))}: subject.{key}: {e}") from None
+        raise ProtocolError(f"{where(source, ('subject', e.key))}: subject.{e.key}: {e}") from None
     try:
         select_sites(subject, proto.record.sites)
     except SiteError as e:

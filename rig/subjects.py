@@ -183,10 +183,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise SubjectError(f"unknown device {device!r}; use \"auto\", \"cpu\" or \"cuda\"") from None
+        raise SubjectError(f"unknown device {device!r}; use \"auto\", \"cpu\" or \"cuda\"", key="device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SubjectError(f"device {device!r} asked for but CUDA is not available; use device = \"auto\" or "
-                           "\"cpu\"")
+                           "\"cpu\"", key="device")
     return dev
 
 
@@ -220,7 +220,8 @@ def _checkpoint_path(weights: str) -> Path | None:
         return None
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise SubjectError(f"checkpoint {weights!r} not found; give the path of a .pt/.pth/.bin/.safetensors file")
+        raise SubjectError(f"checkpoint {weights!r} not found; give the path of a .pt/.pth/.bin/.safetensors file",
+                           key="weights")
     return path
 
 
@@ -235,13 +236,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling of non-tensor objects, corrupt file
         raise SubjectError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {_first_line(str(e), 160)}); "
-                           "save it with torch.save(model.state_dict(), path)") from None
+                           "save it with torch.save(model.state_dict(), path)", key="weights") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SubjectError(f"checkpoint {str(path)!r} is not a state dict of tensors; save it with "
-                           "torch.save(model.state_dict(), path)")
+                           "torch.save(model.state_dict(), path)", key="weights")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     expected = model.state_dict()
@@ -254,7 +255,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if keys]
         raise SubjectError(f"checkpoint {str(path)!r} does not fit the model: {'; '.join(parts)}; check arch "
-                           "and that the file holds this model's state_dict")
+                           "and that the file holds this model's state_dict", key="weights")
     model.load_state_dict(state, strict=True)
 
 
@@ -334,7 +335,8 @@ def _weights_unavailable(label: str, tag: str, where: str, error: BaseException)
         reason = _first_line(text, 160) or type(error).__name__
     return SubjectError(
         f"cannot load weights {tag!r} for {label}: {reason} (looked for {where}); download them once online, "
-        f"or set weights = \"/path/to/file.pt\" in the protocol's [subject] to use a local state dict")
+        f"or set weights = \"/path/to/file.pt\" in the protocol's [subject] to use a local state dict",
+        key="weights")
 
 
 def _finish(req: SubjectRequest, model: nn.Module, transform: Callable, encoder: Callable[[nn.Module], Callable],
@@ -364,7 +366,7 @@ def _build_open_clip(req: SubjectRequest) -> Subject:
     if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(arch):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise SubjectError(f"open_clip {arch} has no pretrained tag {tag!r}; use one of {', '.join(tags) or '(none)'}"
-                           ", \"random\", or a checkpoint path")
+                           ", \"random\", or a checkpoint path", key="weights")
     try:
         with seeded(req.seed), _quiet(), _hub_guard():
             model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=tag, **req.options)
@@ -406,7 +408,7 @@ def _build_timm(req: SubjectRequest) -> Subject:
         if name not in timm.list_pretrained(f"{base}.*"):
             tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
             raise SubjectError(f"timm {base} has no pretrained tag {req.weights!r}; use \"pretrained\" or one of "
-                               f"{', '.join(tags[:8]) or '(none)'}, \"random\", or a checkpoint path")
+                               f"{', '.join(tags[:8]) or '(none)'}, \"random\", or a checkpoint path", key="weights")
     try:
         with seeded(req.seed), _quiet(), _hub_guard():
             model = timm.create_model(name, pretrained=pretrained, **req.options)
@@ -452,7 +454,8 @@ def _build_torchvision(req: SubjectRequest) -> Subject:
             weights = enum[tag] if tag != "DEFAULT" else enum.DEFAULT
         except KeyError:
             raise SubjectError(f"torchvision {arch} has no weights {req.weights!r}; use one of DEFAULT, "
-                               f"{', '.join(w.name for w in enum)}, \"random\", or a checkpoint path") from None
+                               f"{', '.join(w.name for w in enum)}, \"random\", or a checkpoint path",
+                               key="weights") from None
     try:
         with seeded(req.seed), _quiet():
             model = get_model(arch, weights=weights, **req.options)
@@ -490,19 +493,19 @@ def _build_factory(req: SubjectRequest) -> Subject:
     spec = str(req.factory)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SubjectError(f"factory {spec!r} must look like \"package.module:callable\"")
+        raise SubjectError(f"factory {spec!r} must look like \"package.module:callable\"", key="factory")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
         raise SubjectError(f"factory {spec!r}: cannot import {module_name!r} ({type(e).__name__}: {e}); check the "
-                           "module is on the Python path") from None
+                           "module is on the Python path", key="factory") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise SubjectError(f"factory {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise SubjectError(f"factory {spec!r}: module {module_name!r} has no attribute {attr!r}", key="factory")
     if not callable(fn):
-        raise SubjectError(f"factory {spec!r}: {attr!r} is not callable")
+        raise SubjectError(f"factory {spec!r}: {attr!r} is not callable", key="factory")
     kwargs: dict[str, Any] = dict(req.options)
     try:
         params = inspect.signature(fn).parameters
@@ -515,7 +518,7 @@ def _build_factory(req: SubjectRequest) -> Subject:
         pass
     if not (req.random or req.checkpoint is not None):
         raise SubjectError(f"factory subjects take weights = \"random\" (the factory's own) or a checkpoint path, "
-                           f"not {req.weights!r}")
+                           f"not {req.weights!r}", key="factory")
     with seeded(req.seed):
         try:
             built = fn(**kwargs)
@@ -524,12 +527,13 @@ def _build_factory(req: SubjectRequest) -> Subject:
         except TypeError as e:
             raise _bad_options(f"factory {spec!r}", req, e) from None
         except Exception as e:
-            raise SubjectError(f"factory {spec!r} failed: {type(e).__name__}: {_first_line(str(e), 200)}") \
+            raise SubjectError(f"factory {spec!r} failed: {type(e).__name__}: {_first_line(str(e), 200)}",
+                               key="factory") \
                 from None
     model, transform = (built if isinstance(built, tuple) and len(built) == 2 else (built, None))
     if not isinstance(model, nn.Module):
         raise SubjectError(f"factory {spec!r} returned {type(model).__name__}; it must return an nn.Module or "
-                           "(module, transform)")
+                           "(module, transform)", key="factory")
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     if transform is None:
         preprocess = TensorPreprocess()

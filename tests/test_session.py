@@ -319,3 +319,16 @@ def test_compare_overrides_are_validated_with_the_protocol(tmp_path):
     proto.write_text(proto.read_text() + '\n[compare]\noverrides = ["subject.sed=1"]\n')
     with pytest.raises(RigError, match=r"compare.overrides: subject.sed: unknown key; did you mean 'seed'"):
         rig.load_protocol(proto)
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ('source = "phantom"', 'source = "phantom"\ndevice = "warp9"', "device"),
+    ('source = "phantom"', 'source = "timm"\narch = "resnet18"\nweights = "/no/such/file.pt"', "weights"),
+    ('source = "phantom"', 'source = "open_clip"\narch = "ViT-B-23"', "arch"),
+])
+def test_subject_errors_name_the_setting_at_fault(tmp_path, old, new, key):
+    proto = _protocol(tmp_path)
+    proto.write_text(proto.read_text().replace(old, new))
+    with pytest.raises(RigError, match=rf"^{proto}:\d+: subject\.{key}: "):
+        rig.run(proto, archive=tmp_path / "archive", progress=False)
+    assert not (tmp_path / "archive").exists()
