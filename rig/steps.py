@@ -130,8 +130,9 @@ def record(ctx: StepContext) -> list[str]:
         with xr.open_dataset(ctx.folder / "behaviour.nc") as beh:
             if "target_probability" in beh:
                 p = beh["target_probability"].values
-                ctx.headline["behaviour"] = f"{float(np.mean(p)):.3f} +/- {float(np.std(p)):.3f}"
-                ctx.headline["behaviour_target"] = str(beh.attrs.get("target", ""))
+                target = str(beh.attrs.get("target", "target"))
+                ctx.headline[f"P({target})"] = round(float(np.mean(p)), 4)  # numbers: rig diff / ls --where
+                ctx.headline[f"P({target}) sd"] = round(float(np.std(p)), 4)
     with xr.open_dataset(ctx.folder / "recording.nc") as rec:
         ctx.headline["sites"] = len(rec.data_vars)
         ctx.headline["units"] = sum(_n_units(rec[v]) for v in rec.data_vars)
