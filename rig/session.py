@@ -177,7 +177,7 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
         except OSError as e:
             raise RigError(f"{path}: cannot read protocol file ({e.strerror})") from None
         proto = parse_protocol(text, source=str(path), overrides=overrides)  # the text saved is the text run
-    subject = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
+    built = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
     archive = Path(archive) if archive is not None else default_archive()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}"
@@ -193,13 +193,14 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
             "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {}}
     write_json(folder / "session.json", info)
     write_json(folder / "provenance.json", provenance.collect(proto))
-    return Runner(folder, proto, progress=progress, subject=subject).run()
+    return Runner(folder, proto, progress=progress, built=built).run()
 
 
-def preflight(proto: Protocol, source: str) -> Any:
+def preflight(proto: Protocol, source: str) -> dict[str, Any]:
     """Build the subject and resolve its sites and readout before any file is written, so a wrong model name,
     missing weights or a site glob that matches nothing is reported as `file:line: key: message` and leaves no
-    half-made session behind. Returns the subject (reused by the session)."""
+    half-made session behind. Returns the subject and readout it built (`{"subject", "readout"}`), which the
+    session reuses: the model is built and the prompts' text embeddings are computed once."""
     from .behaviour import make_readout
     from .errors import ProtocolError, SiteError, SubjectError
     from .protocol import where
@@ -215,12 +216,13 @@ def preflight(proto: Protocol, source: str) -> Any:
         select_sites(subject, proto.record.sites)
     except SiteError as e:
         raise ProtocolError(f"{where(source, ('record', 'sites'))}: record.sites: {e}") from None
+    readout = None
     if proto.behaviour is not None:
         try:
-            make_readout(subject, proto.behaviour.model_dump())
+            readout = make_readout(subject, proto.behaviour.model_dump())
         except RigError as e:
             raise ProtocolError(f"{where(source, ('behaviour',))}: behaviour: {e}") from None
-    return subject
+    return {"subject": subject, "readout": readout}
 
 
 def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
@@ -263,8 +265,9 @@ def step_keys(protocol: Protocol) -> list[str]:
 class Runner:
     """Drives the steps of one session folder, keeping session.json, the heartbeat and the lock."""
 
-    def __init__(self, folder: Path, protocol: Protocol, progress: bool = True, subject: Any = None):
-        self.folder, self.protocol, self.progress, self.subject = folder, protocol, progress, subject
+    def __init__(self, folder: Path, protocol: Protocol, progress: bool = True,
+                 built: dict[str, Any] | None = None):
+        self.folder, self.protocol, self.progress, self.built = folder, protocol, progress, built or {}
         self._state_lock = threading.Lock()
         self.info = json.loads((folder / "session.json").read_text())
         for key in step_keys(protocol):
@@ -277,8 +280,7 @@ class Runner:
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None)
             ctx = StepContext(self.folder, self.protocol, log=log, progress=self.progress,
                               headline=self.info.setdefault("headline", {}))
-            if self.subject is not None:
-                ctx.__dict__["subject"] = self.subject  # built by the preflight check
+            ctx.__dict__.update(self.built)  # subject and readout built by the preflight check
             current = None
             try:
                 keys = step_keys(self.protocol)

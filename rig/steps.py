@@ -55,8 +55,11 @@ class StepContext:
 
     @cached_property
     def readout(self):
-        if self.protocol.behaviour is None:
-            return None
+        """The session's behaviour readout (None without [behaviour]), built once."""
+        return None if self.protocol.behaviour is None else self.new_readout()
+
+    def new_readout(self):
+        """A fresh readout of the subject as it is now (e.g. text embeddings under a text-tower lesion)."""
         from .behaviour import make_readout
 
         return make_readout(self.subject, self.protocol.behaviour.model_dump())
@@ -296,7 +299,6 @@ def _finish_perturb(ctx: StepContext, spec: Any, ds: xr.Dataset, fig: Any) -> li
 def perturb_weight_lesions(ctx: StepContext, spec: Any) -> list[str]:
     """Zero each weighted module of the chosen towers in turn and measure behaviour (the blog's first lesion
     experiment); resumable per module in `perturb/<name>/`."""
-    from .behaviour import make_readout
     from .lesions import weight_lesions, weighted_modules
     from .lesions.figures import weight_lesion_figure
 
@@ -313,7 +315,7 @@ def perturb_weight_lesions(ctx: StepContext, spec: Any) -> list[str]:
                             f"{spec.towers}; `rig sites` lists the module names")
     ds = weight_lesions(subject, _first(ctx.stimuli, spec.n_stimuli), ctx.readout, modules,
                         include_bias=spec.include_bias, batch_size=spec.batch_size,
-                        rebuild_readout=lambda: make_readout(subject, ctx.protocol.behaviour.model_dump()),
+                        rebuild_readout=ctx.new_readout,
                         folder=ctx.folder / "perturb" / spec.key)
     worst = int(np.argmin(ds["mean"].values))
     ctx.headline[f"{spec.key}: baseline"] = round(float(ds["baseline_mean"]), 3)
