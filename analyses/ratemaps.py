@@ -61,18 +61,32 @@ def smooth_maps(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np.nda
         return np.where(visited, num / den, np.nan)
 
 
+def as_extent(extent: Any) -> tuple[float, float, float, float]:
+    """`(x0, x1, y0, y1)` pixels from the forms a user writes: `(lo, hi)` for both axes, or `(x0, x1, y0, y1)`."""
+    try:
+        values = [float(v) for v in np.asarray(extent, dtype=float).ravel()]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) == 2:
+        values = values * 2
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise AnalysisInputError(f"extent must be (lo, hi) pixels for both axes or (x0, x1, y0, y1), got {extent!r}")
+    x0, x1, y0, y1 = values
+    if not (x1 > x0 and y1 > y0):
+        raise AnalysisInputError(f"extent must have hi > lo on both axes (x0, x1, y0, y1), got {extent!r}")
+    return x0, x1, y0, y1
+
+
 def bin_positions(x: np.ndarray, y: np.ndarray, bins: int | tuple[int, int],
                   extent: Sequence[float]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Flat bin index (y_bin * nx + x_bin) per stimulus, -1 outside `extent` = (x0, x1, y0, y1) pixels.
+    """Flat bin index (y_bin * nx + x_bin) per stimulus, -1 outside `extent` (see `as_extent`), in pixels.
 
     Bins are half-open [lo, hi) except the last, which includes the far edge.
     """
     ny, nx = (bins, bins) if np.isscalar(bins) else tuple(int(b) for b in bins)
     if ny < 1 or nx < 1:
         raise AnalysisInputError(f"bins must be positive, got {bins!r}")
-    x0, x1, y0, y1 = (float(v) for v in extent)
-    if not (x1 > x0 and y1 > y0):
-        raise AnalysisInputError(f"extent must be (x0, x1, y0, y1) with x1 > x0 and y1 > y0, got {extent!r}")
+    x0, x1, y0, y1 = as_extent(extent)
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ix = np.floor((x - x0) / (x1 - x0) * nx).astype(np.int64)
     iy = np.floor((y - y0) / (y1 - y0) * ny).astype(np.int64)
@@ -217,7 +231,7 @@ def stimulus_bins(responses: xr.DataArray, x: Any, y: Any, bins: int | tuple[int
     if "stimulus" not in responses.dims:
         raise AnalysisInputError(f"responses need a 'stimulus' dim, got dims {responses.dims}")
     xs, ys = _coordinate(responses, x, "x"), _coordinate(responses, y, "y")
-    extent = default_extent(responses, xs, ys) if extent is None else extent
+    extent = default_extent(responses, xs, ys) if extent is None else as_extent(extent)
     flat, shape = bin_positions(xs, ys, bins, extent)
     if not (flat >= 0).any():
         raise AnalysisInputError(f"no stimulus position lies inside extent {tuple(extent)}; check extent and x/y")
@@ -232,8 +246,8 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
 
     responses: DataArray with a `stimulus` dim (any other dims: unit, token, ...; may be lazy, e.g. from
     `xr.open_dataset`), read in blocks of about `block_bytes`. x, y: stimulus centres in pixels (arrays, or
-    coordinate names; default the `x`/`y` coordinates). bins: n or (ny, nx). extent: (x0, x1, y0, y1) in
-    pixels; default (0, canvas, 0, canvas) from `responses.attrs["canvas"]`, else the positions' range.
+    coordinate names; default the `x`/`y` coordinates). bins: n or (ny, nx). extent: (lo, hi) for both axes
+    or (x0, x1, y0, y1), in pixels; default (0, canvas, 0, canvas) from `responses.attrs["canvas"]`, else the positions' range.
     Bins with fewer than `min_occupancy` stimuli are NaN (unvisited). smoothing: Gaussian sigma in bins,
     NaN-aware (`smooth_maps`). rate: "none" | "shift" | "rectify" (`rate_transform`), applied last.
     regress_out: stimulus covariates (coordinate names such as `["diameter"]`, or arrays; strings are

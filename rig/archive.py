@@ -7,7 +7,6 @@ section 6 and the `rig.session` docstring.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import json
 import math
 import os
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from rig.errors import RigError
+from rig.layout import PROVENANCE_FILE, RESOLVED_FILE, SESSION_FILE
+from stimuli.registry import glob_match
 
 if TYPE_CHECKING:  # pandas is imported lazily: the CLI must start fast
     import pandas
 
-SESSION_FILE = "session.json"
-RESOLVED_FILE = "protocol.resolved.json"
-PROVENANCE_FILE = "provenance.json"
 STALE_AFTER_BEATS = 3  # a running session whose heartbeat is older than this many intervals is stale
 DEFAULT_HEARTBEAT_S = 5.0
 # provenance keys that differ between any two sessions and so say nothing in a diff
@@ -313,12 +311,12 @@ def value_matches(actual: Any, wanted: Any) -> bool:
         return actual == parsed
     actual_s, wanted_s = str(actual), str(wanted)
     if any(c in wanted_s for c in "*?["):
-        return fnmatch.fnmatchcase(actual_s, wanted_s)
+        return bool(glob_match([actual_s], wanted_s))
     return actual_s == wanted_s
 
 
 def _matches_name(pattern: str, value: str) -> bool:
-    return fnmatch.fnmatchcase(value, pattern) if any(c in pattern for c in "*?[") else value == pattern
+    return bool(glob_match([value], pattern)) if any(c in pattern for c in "*?[") else value == pattern
 
 
 def _matches_subject(pattern: str, info: SessionInfo) -> bool:

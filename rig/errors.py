@@ -25,13 +25,15 @@ class SiteError(RigError):
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for errors whose message is meant for the user as it is: `RigError`s, `stimuli.StimulusError` and
-    `analyses.AnalysisInputError` (`ValueError`s of packages that do not depend on `rig`)."""
+    """True for errors whose message is meant for the user as it is: `RigError`s, `stimuli.StimulusError`,
+    `stimuli.UnknownNameError` (a name missing from a registry) and `analyses.AnalysisInputError` (errors of
+    packages that do not depend on `rig`)."""
     if isinstance(error, RigError):
         return True
     import sys
 
-    for module, name in (("stimuli.base", "StimulusError"), ("analyses.ratemaps", "AnalysisInputError")):
+    for module, name in (("stimuli.base", "StimulusError"), ("stimuli.registry", "UnknownNameError"),
+                         ("analyses.ratemaps", "AnalysisInputError")):
         loaded = sys.modules.get(module)  # a package never imported raised nothing
         if loaded is not None and isinstance(error, getattr(loaded, name)):
             return True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -52,3 +53,8 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def now_iso() -> str:
+    """The time now as ISO 8601 UTC with seconds (`2026-12-03T08:31:55Z`), as session files store it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

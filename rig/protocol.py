@@ -5,9 +5,9 @@ A protocol is data: nothing in it is executed, except the module named by `subje
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import stimuli as stimulus_generators
-from stimuli import StimulusError
+from stimuli.registry import did_you_mean
 
 from .errors import ProtocolError
+from .steps.base import LIST_SECTIONS, StepSettings, Strict, steps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,15 +28,11 @@ else:  # pragma: no cover
 SCHEMA_VERSION = 1
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
 class SubjectSpec(Strict):
     """The network under study and its preparation."""
 
-    source: Literal["open_clip", "timm", "torchvision", "factory", "phantom"] = Field(
-        "open_clip", description="where the network comes from")
+    source: str = Field("open_clip", description="where the network comes from: a registered subject source "
+                        "(open_clip, timm, torchvision, factory, phantom, or one of an installed plugin)")
     arch: str | None = Field(None, description="model name in the source library, e.g. 'ViT-B-32'")
     weights: str = Field("random", description="'random' (seeded init, the control preparation), a library "
                          "pretrained tag (e.g. 'openai'), or a path to a local checkpoint file")
@@ -48,12 +44,17 @@ class SubjectSpec(Strict):
 
     @model_validator(mode="after")
     def _source_needs(self) -> "SubjectSpec":
+        from .sources import sources
+
+        if self.source not in sources:
+            raise ValueError(f"unknown subject source {self.source!r}{did_you_mean(self.source, list(sources))} "
+                             f"(known: {', '.join(sources)})")
         if self.source == "factory":
             if not self.factory or not re.fullmatch(r"[\w.]+:[\w.]+", self.factory):
                 raise ValueError("source = 'factory' needs factory = 'package.module:callable'")
         elif self.factory is not None:
             raise ValueError(f"factory is only used with source = 'factory' (source is {self.source!r})")
-        if self.source in ("open_clip", "timm", "torchvision") and not self.arch:
+        if sources[self.source].needs_arch and not self.arch:
             raise ValueError(f"source = {self.source!r} needs arch = '<model name>'")
         return self
 
@@ -69,7 +70,8 @@ class StimuliSpec(BaseModel):
     """Generator name plus its parameters (checked against the generator's own arguments)."""
 
     model_config = ConfigDict(extra="allow")
-    generator: str = Field("circles", description="stimulus generator: " + ", ".join(stimulus_generators.GENERATORS))
+    generator: str = Field("circles", description="a registered stimulus generator (circles, shapes, ...; "
+                           "`rig schema` lists them)")
     n: int = Field(300, description="number of stimuli", gt=0)
     seed: int = Field(0, description="the one seed for every random choice of the design")
 
@@ -106,72 +108,9 @@ class Range(Strict):
     step: float = Field(..., gt=0)
 
     def values(self) -> list[float]:
-        n = int(round((self.stop - self.start) / self.step)) + 1
-        return [round(self.start + i * self.step, 12) for i in range(max(n, 0))]
-
-
-class StepSpec(Strict):
-    name: str | None = Field(None, description="name of the result (default: the type); unique per section")
-
-    @property
-    def key(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined]
-
-
-class RatemapsStep(StepSpec):
-    type: Literal["ratemaps"]
-    sites: list[str] = Field(["*"], description="globs over the recorded sites")
-    bins: int = Field(28, gt=1, description="bins per side")
-    extent: tuple[float, float] | None = Field(None, description="[lo, hi] pixels; default the canvas")
-    smoothing: float = Field(1.0, ge=0, description="Gaussian sigma in bins (NaN-aware); 0 = none")
-    min_occupancy: int = Field(1, ge=1, description="bins visited by fewer stimuli are unvisited (NaN)")
-    regress_out: list[str] = Field(default_factory=list, description="stimulus parameters removed from every "
-                                   "unit's responses by least squares before mapping, e.g. ['diameter']: in "
-                                   "the circles design only small circles reach the walls, so size tuning "
-                                   "would otherwise look like border tuning")
-
-
-class SpatialScoresStep(StepSpec):
-    type: Literal["spatial_scores"]
-    ratemaps: str = Field("ratemaps", description="name of the ratemaps step to score")
-    rate: Literal["shift", "rectify", "none"] = Field(
-        "shift", description="activation -> non-negative rate for spatial information")
-    shuffles: int = Field(100, ge=0, description="shuffles of stimulus positions for per-unit nulls")
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level against the unit's own null")
-    top_k: int = Field(5, gt=0, description="units per score shown in the figure")
-    seed: int = 0
-
-
-class WeightLesionsStep(StepSpec):
-    type: Literal["weight_lesions"]
-    towers: list[Literal["visual", "text"]] = Field(["visual", "text"])
-    modules: list[str] | None = Field(None, description="globs restricting the lesioned modules (default: every "
-                                      "weighted module of the towers, in named_modules() order)")
-    include_bias: bool = Field(False, description="zero biases too (the study zeroed weights only)")
-    n_stimuli: int | None = Field(None, gt=0, description="use the first n stimuli (default all)")
-    batch_size: int = Field(32, gt=0)
-
-
-class UnitLesionsStep(StepSpec):
-    type: Literal["unit_lesions"]
-    site: str
-    strategy: list[Literal["random", "targeted", "targeted_abs", "units"]] = ["random", "targeted",
-                                                                              "targeted_abs"]
-    proportions: Range | list[float] = Field(default_factory=lambda: Range(start=0, stop=1, step=0.1))
-    units: list[int] | None = Field(None, description="the unit list for strategy 'units'")
-    ratemaps: str = Field("ratemaps", description="ratemaps step that picks targeted units")
-    repeats: int = Field(5, gt=0, description="repeats of random lesions (other strategies are deterministic)")
-    n_stimuli: int | None = Field(None, gt=0)
-    batch_size: int = Field(32, gt=0)
-    seed: int = 0
-
-    @field_validator("proportions")
-    @classmethod
-    def _in_unit_interval(cls, v: Range | list[float]) -> Range | list[float]:
-        values = v.values() if isinstance(v, Range) else v
-        if not values or min(values) < 0 or max(values) > 1:
-            raise ValueError("proportions must lie in [0, 1]")
-        return v
+        """`start, start + step, ...` up to `stop` included (within 1e-9 of a step), rounded to 1e-9."""
+        n = int(math.floor((self.stop - self.start) / self.step + 1e-9)) + 1
+        return [round(self.start + i * self.step, 9) for i in range(max(n, 0))]
 
 
 class CompareSpec(Strict):
@@ -183,11 +122,10 @@ class CompareSpec(Strict):
                               "weights)")
 
 
-AnalyseStep = Annotated[Union[RatemapsStep, SpatialScoresStep], Field(discriminator="type")]
-PerturbStep = Annotated[Union[WeightLesionsStep, UnitLesionsStep], Field(discriminator="type")]
-
-
 class Protocol(Strict):
+    """A validated protocol. The step tables `analyse` and `perturb` hold the settings of registered step types
+    (`rig.steps`); `protocol_model()` is the schema with their unions, which validation uses."""
+
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="version of this schema")
     name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", max_length=64,
                       description="short name (letters, digits, . _ -), used in session ids")
@@ -196,29 +134,31 @@ class Protocol(Strict):
     stimuli: StimuliSpec = Field(default_factory=StimuliSpec)
     record: RecordSpec
     behaviour: BehaviourSpec | None = None
-    analyse: list[AnalyseStep] = Field(default_factory=list)
-    perturb: list[PerturbStep] = Field(default_factory=list)
+    analyse: list[StepSettings] = Field(default_factory=list, description="analysis steps, run in order")
+    perturb: list[StepSettings] = Field(default_factory=list, description="perturbation steps, run in order")
     compare: CompareSpec | None = None
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Protocol":
-        for section in ("analyse", "perturb"):
+    def _steps_fit_together(self) -> "Protocol":
+        for section in LIST_SECTIONS:
             keys = [s.key for s in getattr(self, section)]
             dup = {k for k in keys if keys.count(k) > 1}
             if dup:
                 raise ValueError(f"{section} steps need unique names; give `name = ...` to: {sorted(dup)}")
-        maps = [s.key for s in self.analyse if s.type == "ratemaps"]
-        for i, s in enumerate(self.analyse):  # steps run in order: the ratemaps must be made before they are scored
-            earlier = [a.key for a in self.analyse[:i] if a.type == "ratemaps"]
-            if s.type == "spatial_scores" and s.ratemaps not in earlier:
-                raise ValueError(f"analyse.{i}: ratemaps = {s.ratemaps!r} must name an earlier ratemaps step "
-                                 f"(ratemaps steps: {maps})")
-        for i, s in enumerate(self.perturb):
-            if s.type == "unit_lesions" and any(t.startswith("targeted") for t in s.strategy) and s.ratemaps not in maps:
-                raise ValueError(f"perturb.{i}: targeted lesions need ratemaps = the name of a ratemaps step "
-                                 f"(ratemaps steps: {maps})")
-            if s.type == "unit_lesions" and "units" in s.strategy and not s.units:
-                raise ValueError(f"perturb.{i}: strategy 'units' needs units = [list of unit indices]")
+        earlier: list[tuple[str, str]] = []  # (type, name) of the steps before, in the order steps run
+        for section in LIST_SECTIONS:
+            for i, spec in enumerate(getattr(self, section)):
+                for field, need in steps[spec.type].needs().items():
+                    value = getattr(spec, field)
+                    if not need.applies(spec) or (need.type, value) in earlier:
+                        continue
+                    of_type = [name for t, name in earlier if t == need.type]
+                    if not of_type:
+                        raise ValueError(f"{section}.{i}: {spec.type} needs a {need.type} step before it "
+                                         f"({field} = {value!r} names it)")
+                    raise ValueError(f"{section}.{i}: {field} = {value!r} must name an earlier {need.type} step "
+                                     f"({need.type} steps: {of_type})")
+                earlier.append((spec.type, spec.key))
         if self.perturb and (self.behaviour is None or not (self.behaviour.target or self.behaviour.top_k)):
             raise ValueError("perturb steps measure behaviour: add [behaviour] with prompts and a target")
         return self
@@ -238,6 +178,25 @@ class Protocol(Strict):
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+
+
+_MODEL: dict[str, Any] = {}
+
+
+def protocol_model() -> type[Protocol]:
+    """`Protocol` with the step tables typed by the registered steps (one discriminated union per section),
+    rebuilt when a step is registered (e.g. by a plugin)."""
+    from pydantic import create_model
+
+    steps.load_plugins()
+    if _MODEL.get("version") != steps.version:
+        fields: dict[str, Any] = {}
+        for section in LIST_SECTIONS:
+            models = [steps[t].Settings for t in steps.names() if steps[t].section == section]
+            union = Annotated[Union[tuple(models)], Field(discriminator="type")] if len(models) > 1 else models[0]
+            fields[section] = (list[union], Field(default_factory=list, description=f"{section} steps, run in order"))
+        _MODEL.update(version=steps.version, model=create_model("Protocol", __base__=Protocol, **fields))
+    return _MODEL["model"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,7 +233,7 @@ def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: st
     """Validate already-parsed protocol data (also the resolved JSON of a session)."""
     lines = _key_lines(text)
     try:
-        protocol = Protocol.model_validate(data)
+        protocol = protocol_model().model_validate(data)
     except ValidationError as e:
         raise ProtocolError("\n".join(_format_error(err, data, source, lines) for err in e.errors())) from None
     _check_stimuli(protocol, source, lines)
@@ -292,20 +251,23 @@ def _check_stimuli(protocol: Protocol, source: str, lines: dict[tuple, int]) -> 
     """Check the generator's parameters by name and by building the (cheap) parameter table."""
     import inspect
 
+    from stimuli.base import StimulusError
+    from stimuli.catalog import generators, make
+
     spec = protocol.stimuli
     where = lambda key: f"{source}:{_line_for(('stimuli', key) if key else ('stimuli',), lines)}"  # noqa: E731
-    gen = stimulus_generators.GENERATORS.get(spec.generator)
+    gen = generators.get(spec.generator)
     if gen is None:
-        known = list(stimulus_generators.GENERATORS)
+        known = list(generators)
         raise ProtocolError(f"{where('generator')}: stimuli.generator: unknown generator {spec.generator!r}"
-                            f"{_did_you_mean(spec.generator, known)} (known: {', '.join(known)})")
+                            f"{did_you_mean(spec.generator, known)} (known: {', '.join(known)})")
     accepted = [p for p in inspect.signature(gen).parameters if p != "generator"]
     for key in spec.params():
         if key not in accepted:
             raise ProtocolError(f"{where(key)}: stimuli.{key}: not a parameter of generator {spec.generator!r}"
-                                f"{_did_you_mean(key, accepted)} (parameters: {', '.join(accepted)})")
+                                f"{did_you_mean(key, accepted)} (parameters: {', '.join(accepted)})")
     try:
-        stimulus_generators.make(spec.generator, **spec.params())
+        make(spec.generator, **spec.params())
     except (StimulusError, TypeError) as e:
         key = getattr(e, "param", None) or next((k for k in spec.params() if k in str(e)), None)
         raise ProtocolError(f"{where(key)}: stimuli{'.' + key if key else ''}: {e}") from None
@@ -342,7 +304,7 @@ def _format_error(err: dict[str, Any], data: dict[str, Any], source: str, lines:
     kind = err["type"]
     if kind == "extra_forbidden":
         choices = _fields_at(loc[:-1], data)
-        msg = f"unknown key{_did_you_mean(str(loc[-1]), choices)}"
+        msg = f"unknown key{did_you_mean(str(loc[-1]), choices)}"
         if choices:
             msg += f" (valid keys: {', '.join(choices)})"
     elif kind == "missing":
@@ -350,7 +312,7 @@ def _format_error(err: dict[str, Any], data: dict[str, Any], source: str, lines:
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = err.get("ctx", {}).get("expected_tags", "")
         got = err.get("ctx", {}).get("tag", "")
-        msg = f"unknown step type {got!r}{_did_you_mean(str(got), re.findall(r'[a-z_]+', tags))}" \
+        msg = f"unknown step type {got!r}{did_you_mean(str(got), re.findall(r'[a-z_]+', tags))}" \
               f" (known: {tags})" if got else f"each step needs type = one of {tags}"
     else:
         msg = err["msg"].removeprefix("Value error, ")
@@ -378,43 +340,40 @@ def _data_loc(loc: tuple, data: Any) -> tuple:
 
 
 def _fields_at(loc: tuple, data: Any) -> list[str]:
-    """Field names of the schema model at `loc` (for did-you-mean)."""
-    model: Any = Protocol
+    """Field names of the schema model at `loc` (for did-you-mean): a step table's own settings, by its type."""
+    top = protocol_model()
+    model: Any = top
     node = data
     for part in loc:
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+        if model == "steps":
+            step = steps.get(node.get("type")) if isinstance(node, dict) else None
+            model = step.Settings if step is not None else None
             continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if isinstance(part, int):
+            continue
+        if model is top and part in LIST_SECTIONS:
+            model = "steps"
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return []
-        node = node.get(part) if isinstance(node, dict) else None
-        model = _model_of(field.annotation, node)
-    return list(model.model_fields) if hasattr(model, "model_fields") else []
+        model = _model_of(field.annotation)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
-def _model_of(annotation: Any, node: Any) -> Any:
-    """The pydantic model inside an annotation (unwrapping Optional, list, Annotated unions by `type`)."""
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (unwrapping Optional, list, Annotated), or None."""
     import typing
 
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    candidates = []
-    for a in args:
-        m = _model_of(a, node)
+    for a in typing.get_args(annotation):
+        m = _model_of(a)
         if m is not None:
-            candidates.append(m)
-    if isinstance(node, dict) and "type" in node:
-        for m in candidates:
-            if "type" in m.model_fields and typing.get_args(m.model_fields["type"].annotation) == (node["type"],):
-                return m
-    return candidates[0] if candidates else None
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+            return m
+    return None
 
 
 def _key_lines(text: str) -> dict[tuple, int]:
@@ -466,7 +425,7 @@ def where(path: str | Path, loc: tuple) -> str:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of protocol files (for editors: `rig schema > protocol.schema.json`)."""
-    schema = Protocol.model_json_schema()
+    schema = protocol_model().model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "rig protocol"
     return schema

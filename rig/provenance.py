@@ -9,6 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from stimuli.base import file_sha256
+
+from .io import now_iso
+
 PACKAGES = ("rig", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy", "xarray", "netCDF4",
             "matplotlib", "pillow", "pydantic")
 #: what must match between the code that made finished steps and the code that resumes a session
@@ -18,8 +22,6 @@ COMPATIBILITY_KEYS = ("code_hash", "python")
 def collect(protocol: Any) -> dict[str, Any]:
     """Everything known before the session runs; steps add `stimulus_hash`, `weights_sha256` (of the loaded
     state dict, for any preparation), `subject` and `device`."""
-    from .session import now_iso
-
     commit, dirty = _git_state()
     return {
         "rig_version": _version("rig"),
@@ -71,14 +73,6 @@ def code_hash() -> str:
         for f in sorted(root.rglob("*.py")):
             h.update(str(f.relative_to(root.parent)).encode())
             h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
     return h.hexdigest()
 
 

@@ -16,9 +16,9 @@ Final file layout: unlimited `stimulus` dim; one variable per site (variable nam
 `(stimulus, unit, map_y, map_x)` (conv sites: the spatial dims are `map_y`/`map_x`, not `y`/`x`, because
 `x`/`y` are the stimulus-centre coordinates on `stimulus`). Chunks are about `(250 stimuli, all tokens,
 16 units)` (`(250, 16, all map_y, all map_x)` for conv), shrunk to stay under `CHUNK_BYTES`, so reading one
-unit across all stimuli touches few chunks. Dim naming rule: when sites disagree on the size of a dim, that
-dim is named with its size in every site (`unit_768`, `unit_3072`; token coordinates become `token_row_50`,
-...). Stimulus parameters are coordinates on `stimulus`; tokens carry `token_row`/`token_col` (patch grid
+unit across all stimuli touches few chunks. Dim naming rule (`rig.dims`): when sites disagree on the size of a dim,
+storage names that dim with its size in every site (`unit_768`, `unit_3072`; token coordinates become
+`token_row_50`, ...); `open_recording` gives every site back under the canonical names. Stimulus parameters are coordinates on `stimulus`; tokens carry `token_row`/`token_col` (patch grid
 position, -1 for CLS/registers).
 
 dtype: `float32` (exact) or `int16`: per-site linear packing with CF `scale_factor`/`add_offset` (xarray
@@ -29,7 +29,6 @@ counted in the variable attribute `n_clipped` (a warning is issued).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -45,8 +44,10 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from rig.dims import LAYOUT_DIMS, open_recording, storage_name  # noqa: F401  (open_recording: public here too)
 from rig.errors import RigError, SiteError
 from rig.io import atomic_path
+from rig.subjects import weights_hash
 from rig.sites import SiteInfo, TokenChoice, batch_first, catalogue, primary_output, select_sites, token_indices
 
 CHUNK_STIMULI = 250
@@ -105,7 +106,7 @@ def record(subject: Any, stimulus_set: Any, sites: str | Sequence[str], path: st
     behaviour_path = Path(behaviour_path) if behaviour_path is not None else path.with_name("behaviour.nc")
     settings = {
         "subject": str(getattr(subject, "name", type(subject.model).__name__)),
-        "weights_fingerprint": _weights_fingerprint(subject.model),
+        "weights_fingerprint": weights_hash(subject.model, sample=1024)[:16],
         "sites": names, "tokens": tokens if isinstance(tokens, str) else [int(t) for t in tokens],
         "dtype": dtype, "stimuli_hash": stimulus_set.content_hash(), "n_stimuli": n, "shard_size": shard_size,
         "compression": bool(compression),
@@ -146,17 +147,6 @@ def record(subject: Any, stimulus_set: Any, sites: str | Sequence[str], path: st
     return path
 
 
-def open_recording(path: str | Path) -> xr.Dataset:
-    """Open a recording lazily (netCDF4 backend; values are read on access, int16 decoded to float)."""
-    path = Path(path)
-    if not path.exists():
-        parts = path.with_name(path.name + ".parts")
-        hint = f"; it is incomplete: resume it by calling record() again ({parts} holds the finished shards)" \
-            if parts.exists() else "; record it first"
-        raise RigError(f"recording {path} does not exist{hint}")
-    return xr.open_dataset(path, engine="netcdf4")
-
-
 # ----------------------------------------------------------------------------------------------- planning
 def _plan_sites(infos: list[SiteInfo], tokens: TokenChoice) -> list[_Plan]:
     """Per-site token selection and file dims, applying the dim-size naming rule across sites."""
@@ -170,11 +160,9 @@ def _plan_sites(infos: list[SiteInfo], tokens: TokenChoice) -> list[_Plan]:
         squeeze = info.layout == "tokens" and isinstance(tokens, str) and tokens == "cls"
         if info.layout == "tokens":
             t = info.shape[0] if idx is None else len(idx)
-            base = (("unit",), (info.shape[1],)) if squeeze else (("token", "unit"), (t, info.shape[1]))
-        elif info.layout == "conv":
-            base = (("unit", "map_y", "map_x"), info.shape)
+            base = (LAYOUT_DIMS["flat"], (info.shape[1],)) if squeeze else (LAYOUT_DIMS["tokens"], (t, info.shape[1]))
         else:
-            base = (("unit",), info.shape)
+            base = (LAYOUT_DIMS[info.layout], info.shape)
         raw.append((info, idx, squeeze, base))
     sizes: dict[str, set[int]] = {}
     for _, _, _, (dims, shape) in raw:
@@ -182,7 +170,7 @@ def _plan_sites(infos: list[SiteInfo], tokens: TokenChoice) -> list[_Plan]:
             sizes.setdefault(d, set()).add(int(s))
     plans = []
     for info, idx, squeeze, (dims, shape) in raw:
-        named = tuple(d if len(sizes[d]) == 1 else f"{d}_{s}" for d, s in zip(dims, shape))
+        named = tuple(storage_name(d, s, len(sizes[d]) > 1) for d, s in zip(dims, shape))
         plans.append(_Plan(info, idx, squeeze, named, tuple(int(s) for s in shape)))
     _check_token_coords(plans)
     return plans
@@ -225,15 +213,6 @@ def _stimulus_index(params: xr.Dataset, n: int) -> np.ndarray:
     if "stimulus" in params.variables:
         return np.asarray(params["stimulus"].values)
     return np.arange(n)
-
-
-def _weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every parameter/buffer's name, shape and first 1024 values: cheap, detects other weights."""
-    h = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().reshape(-1)[:1024].to("cpu", torch.float64).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- recording

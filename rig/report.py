@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from rig.archive import Archive, SessionInfo, flatten, human_bytes, parse_time
 from rig.io import write_text
+from rig.layout import FIGURES_DIR, PROTOCOL_FILE, REPORT_FILE
 
-REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
 REFRESH_RUNNING_S = 10  # a running session's report reloads itself this often
 
@@ -105,11 +105,11 @@ def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool
     if index_link is None:
         index_link = (info.path.parent / INDEX_FILE).is_file()
     protocol_toml = ""
-    toml_path = info.path / "protocol.toml"
+    toml_path = info.path / PROTOCOL_FILE
     if toml_path.is_file():
         protocol_toml = toml_path.read_text(encoding="utf-8", errors="replace")
     files = info.files
-    figures = [p for p, _n in files if p.startswith("figures/") and p.lower().endswith(".png")]
+    figures = [p for p, _n in files if p.startswith(f"{FIGURES_DIR}/") and p.lower().endswith(".png")]
     parts = [
         f"<p class=\"muted\"><a href=\"../{INDEX_FILE}\">archive index</a></p>" if index_link else "",
         f"<h1>{escape(info.protocol_name or info.id)}</h1>",

@@ -4,8 +4,9 @@
       protocol.toml  protocol.resolved.json  session.json  provenance.json  log.txt
       stimuli.nc  recording.nc  behaviour.nc  analyses/<name>.nc  perturb/<name>.nc  figures/*.png  report.html
 
-Each step (design, record, analyse/<name>, perturb/<name>) writes its files atomically and is then marked done
-in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that
+The folder's paths belong to `rig.layout.SessionLayout`; the steps to `rig.steps` (one object per step type).
+Each step (design, record, analyse/<name>, perturb/<name>, compare) writes its files atomically and is then
+marked done in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that
 are not done. A heartbeat in `session.json` lets readers tell a live session from one that was killed (SIGKILL
 leaves it "running" with a stale heartbeat); Ctrl-C and SIGTERM mark it "interrupted". An exclusive lock
 (`.lock`, flock) stops two processes from writing one session.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -34,15 +34,12 @@ import xarray as xr
 from . import provenance
 from .archive import SessionInfo, default_archive
 from .errors import RigError
-from .io import write_json, write_text
+from .io import now_iso, write_json, write_text
+from .layout import SCHEMA_VERSION as SESSION_SCHEMA
+from .layout import SessionLayout
 from .protocol import Protocol, parse_protocol, validate_protocol
 
-SESSION_SCHEMA = 1
 HEARTBEAT_S = 5.0
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class SessionInterrupted(KeyboardInterrupt):
@@ -58,7 +55,8 @@ class Session:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not (self.path / "session.json").is_file():
+        self.layout = SessionLayout(self.path)
+        if not self.layout.session_json.is_file():
             raise RigError(f"{self.path} is not a session folder (no session.json)")
 
     def __repr__(self) -> str:
@@ -67,7 +65,7 @@ class Session:
     @property
     def info(self) -> dict[str, Any]:
         """The contents of session.json (re-read at each access: it changes while a session runs)."""
-        return json.loads((self.path / "session.json").read_text())
+        return self.layout.read_json(self.layout.session_json)
 
     @property
     def status(self) -> str:
@@ -81,58 +79,55 @@ class Session:
     @cached_property
     def protocol(self) -> Protocol:
         """The resolved protocol (every default filled in)."""
-        data = json.loads((self.path / "protocol.resolved.json").read_text())
-        return validate_protocol(data, source=str(self.path / "protocol.resolved.json"))
+        return validate_protocol(self.layout.read_json(self.layout.resolved), source=str(self.layout.resolved))
 
     @property
     def overrides(self) -> list[str] | None:
         """The `--set` overrides the session was run with (None when none)."""
-        f = self.path / "overrides.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        f = self.layout.overrides
+        return self.layout.read_json(f) if f.is_file() else None
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
-        return json.loads((self.path / "provenance.json").read_text())
+        return self.layout.read_json(self.layout.provenance)
 
     @cached_property
     def stimuli(self):
         from stimuli import StimulusSet
 
-        return StimulusSet.from_netcdf(self._file("stimuli.nc"))
+        return StimulusSet.from_netcdf(self._file(self.layout.stimuli))
 
     @cached_property
-    def recording(self) -> xr.Dataset:
-        """The recording, lazily (values are read from disk when used)."""
-        from .recorder import open_recording
+    def recording(self):
+        """The recording (`rig.dims.Recording`): site -> lazy `xr.DataArray` with dims `(stimulus, unit)`,
+        `(stimulus, token, unit)` or `(stimulus, unit, map_y, map_x)`, the stimulus parameters as coordinates."""
+        from .dims import open_recording
 
-        return open_recording(self._file("recording.nc"))
+        return open_recording(self._file(self.layout.recording))
 
     @cached_property
     def behaviour(self) -> xr.Dataset:
-        return xr.open_dataset(self._file("behaviour.nc"))
+        return xr.open_dataset(self._file(self.layout.behaviour))
 
     @property
     def results(self) -> "Results":
         """Analysis and perturbation results by name (`analyses/<name>`, `perturb/<name>`); a file is opened
         (lazily, as an `xr.Dataset`) only when its name is looked up."""
-        return Results(self.path)
+        return Results(self.layout)
 
-    def _file(self, name: str) -> Path:
-        f = self.path / name
+    def _file(self, f: Path) -> Path:
         if not f.is_file():
             done = [k for k, v in self.info.get("steps", {}).items() if v.get("status") == "done"]
-            raise RigError(f"{self.id} has no {name} (status {self.status}; steps done: {', '.join(done) or 'none'})")
+            raise RigError(f"{self.id} has no {self.layout.relative(f)} (status {self.status}; steps done: "
+                           f"{', '.join(done) or 'none'})")
         return f
 
 
 class Results(Mapping[str, xr.Dataset]):
     """The result files of a session folder as a read-only mapping; each is opened on first access, once."""
 
-    SECTIONS = ("analyses", "perturb")
-
-    def __init__(self, folder: Path):
-        self._files = {f"{section}/{f.stem}": f for section in self.SECTIONS
-                       for f in sorted((folder / section).glob("*.nc"))}
+    def __init__(self, layout: SessionLayout):
+        self._files = layout.results()
         self._open: dict[str, xr.Dataset] = {}
 
     def __getitem__(self, name: str) -> xr.Dataset:
@@ -177,43 +172,44 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
         except OSError as e:
             raise RigError(f"{path}: cannot read protocol file ({e.strerror})") from None
         proto = parse_protocol(text, source=str(path), overrides=overrides)  # the text saved is the text run
-    built = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
+    shared = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
     archive = Path(archive) if archive is not None else default_archive()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    folder = archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}"
-    folder.mkdir(parents=True)
+    layout = SessionLayout(archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}")
+    layout.folder.mkdir(parents=True)
     if text is not None:
-        write_text(folder / "protocol.toml", text)
-    write_json(folder / "protocol.resolved.json", proto.resolved())
+        write_text(layout.protocol_toml, text)
+    write_json(layout.resolved, proto.resolved())
     if overrides:
-        write_json(folder / "overrides.json", list(overrides))
-    info = {"id": folder.name, "schema_version": SESSION_SCHEMA, "status": "running",
+        write_json(layout.overrides, list(overrides))
+    info = {"id": layout.folder.name, "schema_version": SESSION_SCHEMA, "status": "running",
             "protocol_name": proto.name, "created": now_iso(), "updated": now_iso(), "heartbeat": now_iso(),
             "heartbeat_interval_s": HEARTBEAT_S, "pid": os.getpid(), "host": socket.gethostname(),
             "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {}}
-    write_json(folder / "session.json", info)
-    write_json(folder / "provenance.json", provenance.collect(proto))
-    return Runner(folder, proto, progress=progress, built=built).run()
+    write_json(layout.session_json, info)
+    write_json(layout.provenance, provenance.collect(proto))
+    return Runner(layout.folder, proto, progress=progress, shared=shared).run()
 
 
-def preflight(proto: Protocol, source: str) -> dict[str, Any]:
-    """Build the subject and resolve its sites and readout before any file is written, so a wrong model name,
-    missing weights or a site glob that matches nothing is reported as `file:line: key: message` and leaves no
-    half-made session behind. Returns the subject and readout it built (`{"subject", "readout"}`), which the
-    session reuses: the model is built and the prompts' text embeddings are computed once."""
+def preflight(proto: Protocol, source: str) -> Any:
+    """Build the subject, resolve its sites and readout, and let every step check its settings against them,
+    before any file is written: a wrong model name, missing weights, a site glob that matches nothing or a
+    step that cannot run is reported as `file:line: key: message` and leaves no half-made session behind.
+    Returns what it built (`rig.steps.Shared`: subject and readout), which the session reuses, so the model
+    is built and the prompts' text embeddings computed once."""
     from .behaviour import make_readout
     from .errors import ProtocolError, SiteError, SubjectError
     from .protocol import where
-    from .sites import select_sites
+    from .sites import catalogue, select_sites
+    from .steps import Preflight, Shared, plan
     from .subjects import load_subject
 
-    s = proto.subject
     try:
-        subject = load_subject(**s.kwargs())
+        subject = load_subject(**proto.subject.kwargs())
     except SubjectError as e:
         raise ProtocolError(f"{where(source, ('subject', e.key))}: subject.{e.key}: {e}") from None
     try:
-        select_sites(subject, proto.record.sites)
+        recorded = select_sites(subject, proto.record.sites)
     except SiteError as e:
         raise ProtocolError(f"{where(source, ('record', 'sites'))}: record.sites: {e}") from None
     readout = None
@@ -222,7 +218,10 @@ def preflight(proto: Protocol, source: str) -> dict[str, Any]:
             readout = make_readout(subject, proto.behaviour.model_dump())
         except RigError as e:
             raise ProtocolError(f"{where(source, ('behaviour',))}: behaviour: {e}") from None
-    return {"subject": subject, "readout": readout}
+    pre = Preflight(proto, source, subject, catalogue(subject), recorded, readout)
+    for planned in plan(proto):
+        planned.step.check(planned.spec, pre)
+    return Shared(subject=subject, readout=readout)
 
 
 def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
@@ -241,9 +240,9 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
         raise RigError(f"{session.id} is running (pid {info.get('pid')} on {info.get('host')}, heartbeat "
                        f"{info.get('heartbeat')}); stop it first, or wait for it")
     proto = session.protocol
-    if (session.path / "protocol.toml").is_file():
-        current = parse_protocol((session.path / "protocol.toml").read_text(), str(session.path / "protocol.toml"),
-                                 session.overrides)
+    toml = session.layout.protocol_toml
+    if toml.is_file():
+        current = parse_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides)
         if current.hash() != proto.hash() and not force:
             raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
                            "settings (use `rig rerun` for a new session, or --force)")
@@ -256,35 +255,40 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
 
 
 def step_keys(protocol: Protocol) -> list[str]:
-    keys = ["design", "record"]
-    keys += [f"analyse/{s.key}" for s in protocol.analyse]
-    keys += [f"perturb/{s.key}" for s in protocol.perturb]
-    return keys + (["compare"] if protocol.compare is not None else [])
+    """The keys of a session's steps in the order they run (`design`, `record`, `analyse/<name>`, ...)."""
+    from .steps import plan
+
+    return [p.key for p in plan(protocol)]
 
 
 class Runner:
     """Drives the steps of one session folder, keeping session.json, the heartbeat and the lock."""
 
-    def __init__(self, folder: Path, protocol: Protocol, progress: bool = True,
-                 built: dict[str, Any] | None = None):
-        self.folder, self.protocol, self.progress, self.built = folder, protocol, progress, built or {}
+    def __init__(self, folder: Path, protocol: Protocol, progress: bool = True, shared: Any = None):
+        from .steps import Shared, plan
+
+        self.layout = SessionLayout(folder)
+        self.folder, self.protocol, self.progress = self.layout.folder, protocol, progress
+        self.shared = shared if shared is not None else Shared()
+        self.plan = plan(protocol)
         self._state_lock = threading.Lock()
-        self.info = json.loads((folder / "session.json").read_text())
-        for key in step_keys(protocol):
-            self.info["steps"].setdefault(key, {"status": "pending"})
+        self.info = self.layout.read_json(self.layout.session_json)
+        for planned in self.plan:
+            self.info["steps"].setdefault(planned.key, {"status": "pending"})
 
     def run(self) -> Session:
         from .steps import StepContext, run_step
 
         with self._exclusive(), self._logging() as log, self._heartbeat(), _sigterm_raises() as received:
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None)
-            ctx = StepContext(self.folder, self.protocol, log=log, progress=self.progress,
-                              headline=self.info.setdefault("headline", {}))
-            ctx.__dict__.update(self.built)  # subject and readout built by the preflight check
+            ctx = StepContext(self.layout, self.protocol, log=log, progress=self.progress,
+                              headline=self.info.setdefault("headline", {}), shared=self.shared,
+                              nested_session=self._nested)
             current = None
             try:
-                keys = step_keys(self.protocol)
-                for number, key in enumerate(keys, start=1):
+                keys = [p.key for p in self.plan]
+                for number, planned in enumerate(self.plan, start=1):
+                    key = planned.key
                     if received["signal"]:
                         raise SessionInterrupted(f"signal {received['signal']}")
                     if self.info["steps"][key].get("status") == "done":
@@ -295,7 +299,7 @@ class Runner:
                     log.info("step %s started", key)
                     self._say(f"[{number}/{len(keys)}] {key} ...")
                     t0 = time.perf_counter()
-                    outputs = run_step(ctx, key)
+                    outputs = run_step(ctx, planned)
                     seconds = round(time.perf_counter() - t0, 3)
                     self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=outputs)
                     log.info("step %s done in %.1f s", key, seconds)
@@ -323,6 +327,16 @@ class Runner:
                 raise
         return Session(self.folder)
 
+    def _nested(self, protocol: Protocol, archive: Path) -> Session:
+        """The session of `protocol` nested in `archive` (a [compare] preparation): run it, resume it if it was
+        interrupted, or reuse it when it is completed."""
+        nested = sorted(Path(archive).glob("*/session.json"))
+        if not nested:
+            return run(protocol, archive=archive, progress=self.progress)
+        if open_session(nested[0].parent).status != "completed":
+            return resume(nested[0].parent, progress=self.progress)
+        return open_session(nested[0].parent)
+
     def _say(self, line: str) -> None:
         """One progress line on stderr per step (with progress on), beside the step's own progress bars."""
         if self.progress:
@@ -342,7 +356,7 @@ class Runner:
         with self._state_lock:
             self.info.update(fields)
             self.info["updated"] = self.info["heartbeat"] = now_iso()
-            write_json(self.folder / "session.json", self.info)
+            write_json(self.layout.session_json, self.info)
 
     def _step(self, key: str, **fields: Any) -> None:
         with self._state_lock:
@@ -368,14 +382,18 @@ class Runner:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(self.layout.lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RigError(f"{self.folder.name} is being written by another process "
                                f"(pid {self.info.get('pid')}); wait for it or stop it") from None
-            yield
+            try:
+                yield
+            finally:  # still holding the lock: no one else can be using the file
+                with contextlib.suppress(OSError):
+                    self.layout.lock.unlink()
         finally:
             os.close(fd)
 
@@ -384,7 +402,7 @@ class Runner:
         log = logging.getLogger(f"rig.session.{self.folder.name}")
         log.setLevel(logging.INFO)
         log.propagate = False
-        handler = logging.FileHandler(self.folder / "log.txt", encoding="utf-8")
+        handler = logging.FileHandler(self.layout.log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         try:

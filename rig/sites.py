@@ -8,7 +8,7 @@ normalises each output to batch-first:
 - 3-D outputs are token tensors; whether they are sequence-first `(T, B, D)` or batch-first `(B, T, D)` is
   *detected* (the axis whose size follows the probe batch size is the batch axis), never assumed;
   layout `tokens`, per-stimulus shape `(T, D)`, dims `(token, unit)`;
-- 4-D `(B, C, H, W)` outputs: layout `conv`, per-stimulus shape `(C, H, W)`, dims `(unit, y, x)`;
+- 4-D `(B, C, H, W)` outputs: layout `conv`, per-stimulus shape `(C, H, W)`, dims `(unit, map_y, map_x)`;
 - 2-D `(B, D)` (and 1-D `(B,)`, treated as `D = 1`): layout `flat`, dims `(unit,)`.
 
 Token positions: a ViT's tokens are prefix tokens (CLS, registers) followed by the patch grid in row-major
@@ -20,7 +20,6 @@ row/col -1.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
@@ -28,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from rig.dims import LAYOUT_DIMS
 from rig.errors import SiteError
+from stimuli.registry import glob_match
 
 TokenChoice = Union[str, Sequence[int]]
-LAYOUT_DIMS = {"tokens": ("token", "unit"), "conv": ("unit", "y", "x"), "flat": ("unit",)}
 _PROBE_BATCHES = (2, 3)
 
 
@@ -193,14 +193,11 @@ def select_sites(subject: Any, patterns: str | Sequence[str], infos: list[SiteIn
     if isinstance(patterns, str):
         patterns = [patterns]
     names = [i.name for i in (infos if infos is not None else catalogue(subject))]
-    chosen: set[str] = set()
     for pattern in patterns:
-        hits = fnmatch.filter(names, pattern)
-        if not hits:
+        if not glob_match(names, pattern):
             raise SiteError(f"site pattern {pattern!r} matches no site; nearest: {', '.join(_nearest(pattern, names))}"
                             " (list them with `rig sites MODEL`)")
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
+    return glob_match(names, patterns)
 
 
 def _nearest(pattern: str, names: list[str], n: int = 3) -> list[str]:

@@ -1,8 +1,8 @@
 """Subjects: the network under study, built from open_clip, timm, torchvision or a user's factory.
 
-`load_subject(source, arch, weights, seed, device, factory) -> Subject`. Sources are a table
-(`SOURCES`, name -> builder) that other modules extend with `register_source`, or with a factory alias in
-`FACTORY_SOURCES` (`"phantom"` -> `"rig.phantom:build"`).
+`load_subject(source, arch, weights, seed, device, factory) -> Subject`. Sources are a registry (`sources`,
+name -> `Source`) that other modules and installed packages extend with `register_source` (plugins: entry
+point group `rig.sources`); a protocol's `[subject] source` is checked against it.
 
 Weights: `"random"` builds the library's own initialisation under a forked, seeded torch RNG (no global RNG
 state leaks; same seed -> identical parameters). A library tag loads through the library (offline: a
@@ -30,7 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from stimuli.registry import did_you_mean
+
 from .errors import SubjectError
+from .sources import SOURCES, Source, is_source, list_sources, register_source, sources  # noqa: F401
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TensorPreprocess
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -102,12 +105,7 @@ class Subject:
 
     def weights_hash(self) -> str:
         """sha256 (hex) over the model's state dict (names, dtypes, shapes, bytes), for provenance."""
-        h = hashlib.sha256()
-        for key, value in self.model.state_dict().items():
-            t = value.detach().to("cpu").contiguous().reshape(-1)  # 1-D: a 0-dim tensor cannot be viewed as bytes
-            h.update(f"{key}:{t.dtype}:{tuple(value.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        return weights_hash(self.model)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (for provenance and reports)."""
@@ -117,6 +115,22 @@ class Subject:
                 "preprocess": getattr(self.transform, "describe", lambda: repr(self.transform))(),
                 "has_text": self.has_text, "logit_scale": self.logit_scale,
                 "n_classes": None if self.class_names is None else len(self.class_names)}
+
+
+def weights_hash(model: nn.Module, sample: int | None = None) -> str:
+    """sha256 (hex) over `model.state_dict()`: every tensor's name, dtype, shape and bytes, in order.
+
+    The one weights hash of the rig (provenance, recording settings, exact-restoration checks of lesions).
+    With `sample`, only the first `sample` values of each tensor are hashed: a cheap fingerprint (no copy of a
+    large model) that still tells other weights apart, for checks that run often.
+    """
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        t = value.detach().reshape(-1)  # 1-D: a 0-dim tensor cannot be viewed as bytes
+        t = (t[:sample] if sample is not None else t).to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -142,13 +156,6 @@ class SubjectRequest:
 
 
 Builder = Callable[[SubjectRequest], Subject]
-SOURCES: dict[str, Builder] = {}
-FACTORY_SOURCES: dict[str, str] = {"phantom": "rig.phantom:build"}
-
-
-def register_source(name: str, builder: Builder) -> None:
-    """Make `load_subject(source=name, ...)` call `builder(request) -> Subject`."""
-    SOURCES[name] = builder
 
 
 def load_subject(source: str, arch: str | None = None, weights: str = "random", seed: int = 0,
@@ -162,18 +169,16 @@ def load_subject(source: str, arch: str | None = None, weights: str = "random", 
     (`timm.create_model`, `torchvision.models.get_model`, `open_clip.create_model_and_transforms`, or the
     factory), e.g. `{"num_classes": 10}` or `{"force_quick_gelu": True}`. Raises `SubjectError` with what to do.
     """
-    opts = dict(options or {})
-    req_device = resolve_device(device)
-    weights = str(weights)
-    if source in FACTORY_SOURCES and source not in SOURCES:
-        req = SubjectRequest(source, arch, weights, int(seed), req_device, factory or FACTORY_SOURCES[source], opts)
-        return _build_factory(req)
-    if source not in SOURCES:
-        known = sorted([*SOURCES, *FACTORY_SOURCES])
-        raise SubjectError(f"unknown subject source {source!r}; use one of {', '.join(known)}")
+    if source not in sources:
+        raise SubjectError(f"unknown subject source {source!r}{did_you_mean(str(source), list(sources))}; use one "
+                           f"of {', '.join(sources)}", key="source")
+    entry = sources.lookup(source)
+    if entry.needs_arch and not arch:
+        raise SubjectError(f"source = {source!r} needs an arch (a model name, e.g. \"resnet18\")")
     if source == "factory" and not factory:
-        raise SubjectError("source = \"factory\" needs factory = \"package.module:callable\"")
-    return SOURCES[source](SubjectRequest(source, arch, weights, int(seed), req_device, factory, opts))
+        raise SubjectError("source = \"factory\" needs factory = \"package.module:callable\"", key="factory")
+    request = SubjectRequest(source, arch, str(weights), int(seed), resolve_device(device), factory, dict(options or {}))
+    return entry.builder()(request)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -356,7 +361,7 @@ def _finish(req: SubjectRequest, model: nn.Module, transform: Callable, encoder:
 # open_clip
 
 
-def _build_open_clip(req: SubjectRequest) -> Subject:
+def build_open_clip(req: SubjectRequest) -> Subject:
     import open_clip
 
     arch = _arch(req)
@@ -393,7 +398,7 @@ def _build_open_clip(req: SubjectRequest) -> Subject:
 # timm
 
 
-def _build_timm(req: SubjectRequest) -> Subject:
+def build_timm(req: SubjectRequest) -> Subject:
     import timm
     from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 
@@ -438,7 +443,7 @@ def _build_timm(req: SubjectRequest) -> Subject:
 # torchvision
 
 
-def _build_torchvision(req: SubjectRequest) -> Subject:
+def build_torchvision(req: SubjectRequest) -> Subject:
     import torchvision
     from torchvision.models import get_model, get_model_weights
 
@@ -489,7 +494,7 @@ def _n_outputs(model: nn.Module) -> int | None:
 # factory
 
 
-def _build_factory(req: SubjectRequest) -> Subject:
+def build_factory(req: SubjectRequest) -> Subject:
     spec = str(req.factory)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -549,7 +554,8 @@ def _build_factory(req: SubjectRequest) -> Subject:
                    class_names=list(names) if names is not None else None)
 
 
-register_source("open_clip", _build_open_clip)
-register_source("timm", _build_timm)
-register_source("torchvision", _build_torchvision)
-register_source("factory", _build_factory)
+def build_phantom(req: SubjectRequest) -> Subject:
+    """The planted-truth phantom (`rig.phantom`), built as a factory subject."""
+    from dataclasses import replace
+
+    return build_factory(replace(req, factory=req.factory or "rig.phantom:build"))

@@ -1,30 +1,34 @@
 """Stimulus generators: reproducible, parametric stimulus sets rendered in batches.
 
 Each generator returns a `StimulusSet` (a parameter table `params: xr.Dataset` along dim `stimulus`, plus a
-pure renderer). `make(name, **params)` builds one by generator name, as protocol files do.
+pure renderer). Generators are registered by name (`register_generator`, `list_generators`, `is_generator`;
+plugins: entry point group `rig.generators`); `make(name, **params)` builds a set by name, as protocol files do.
+
+Names are imported on first use, so that `import stimuli.registry` (used by the archive CLI) stays cheap.
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import Any
 
-from .base import RENDERERS, StimulusError, StimulusSet, register_renderer
-from .figures import contact_sheet, overview
-from .shapes import circles, shapes
-
-#: generator name (as written in protocol files) -> function returning a StimulusSet
-GENERATORS: dict[str, Callable[..., StimulusSet]] = {"circles": circles, "shapes": shapes}
-
-
-def make(generator: str, **params) -> StimulusSet:
-    """Build a stimulus set by generator name, e.g. `make("circles", n=300, seed=1)`."""
-    if generator not in GENERATORS:
-        import difflib
-
-        close = difflib.get_close_matches(generator, GENERATORS, n=3)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise StimulusError(f"unknown stimulus generator {generator!r}{hint} (known: {', '.join(GENERATORS)})")
-    return GENERATORS[generator](**params)
+_EXPORTS = {
+    "StimulusSet": "base", "StimulusError": "base", "renderers": "base", "RENDERERS": "base",
+    "register_renderer": "base", "file_sha256": "base",
+    "circles": "geometry", "shapes": "geometry",
+    "StimulusFigure": "figures", "contact_sheet": "figures", "overview": "figures", "figure_types": "figures",
+    "figures_for": "figures", "list_figures": "figures", "register_figure": "figures",
+    "generators": "catalog", "GENERATORS": "catalog", "register_generator": "catalog", "list_generators": "catalog",
+    "is_generator": "catalog", "make": "catalog",
+    "Registry": "registry", "UnknownNameError": "registry",
+}
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = ["GENERATORS", "RENDERERS", "StimulusError", "StimulusSet", "circles", "contact_sheet", "make",
-           "overview", "register_renderer", "shapes"]
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'stimuli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

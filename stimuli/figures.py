@@ -1,14 +1,66 @@
-"""Figures of a stimulus set: a contact sheet of samples, and the study's overview (centres, mean image)."""
+"""Figures of a stimulus set: a contact sheet of samples, and the study's overview (centres, mean image).
+
+Stimulus figures are registered in `figure_types` (name -> `StimulusFigure`: the function and the parameters
+it needs); the design step of a session draws those its set asks for (`StimulusSet.figures`), or else every
+registered figure whose parameters the set has. Plugins: entry point group `rig.figures`.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .base import StimulusError, StimulusSet
+from .registry import Registry
 
 
-def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int = 0, columns: int = 8) -> Figure:
-    """A grid of `n` stimuli drawn at random (seeded), each titled with its index and parameters."""
+@dataclass(frozen=True)
+class StimulusFigure:
+    """A figure of a stimulus set: `draw(stimulus_set) -> Figure`, drawable when the set has the parameters
+    `requires` (coordinates along `stimulus`)."""
+
+    draw: Callable[[StimulusSet], Figure]
+    requires: tuple[str, ...] = ()
+    caption: str = ""
+
+    def applies(self, stimulus_set: StimulusSet) -> bool:
+        return all(name in stimulus_set.params.variables for name in self.requires)
+
+
+figure_types: Registry[StimulusFigure] = Registry(
+    "stimulus figure", "rig.figures",
+    adopt=lambda name, obj: figure_types.register(name, obj if isinstance(obj, StimulusFigure) else StimulusFigure(obj)))
+
+
+def register_figure(name: str, requires: tuple[str, ...] = (), caption: str = "") -> Callable:
+    """Decorator: register `draw(stimulus_set) -> Figure` as the stimulus figure `name`, drawn for sets with
+    the parameters `requires`."""
+    def deco(draw: Callable[[StimulusSet], Figure]) -> Callable[[StimulusSet], Figure]:
+        figure_types.register(name, StimulusFigure(draw, tuple(requires), caption))
+        return draw
+    return deco
+
+
+def list_figures(pattern: str | None = None) -> list[str]:
+    """Names of the registered stimulus figures (optionally matching a glob)."""
+    return figure_types.names(pattern)
+
+
+def figures_for(stimulus_set: StimulusSet) -> dict[str, StimulusFigure]:
+    """The figures to draw for a set: those it asks for (`StimulusSet.figures`) that apply, else every
+    registered figure whose parameters it has."""
+    names = stimulus_set.figures if stimulus_set.figures is not None else figure_types.names()
+    return {n: figure_types.lookup(n) for n in names if figure_types.lookup(n).applies(stimulus_set)}
+
+
+@register_figure("contact_sheet", caption="a random sample of the stimuli, each titled with its index and parameters")
+def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int | None = None, columns: int = 8) -> Figure:
+    """A grid of `n` stimuli drawn at random (seeded; default: the set's own seed), each titled with its index
+    and parameters."""
+    if seed is None:
+        seed = int(stimulus_set.params.attrs.get("seed", 0))
     if n < 1:
         raise StimulusError(f"a contact sheet needs n >= 1 stimuli, got {n}", "n")
     rng = np.random.default_rng(seed)
@@ -35,6 +87,8 @@ def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int = 0, columns
     return fig
 
 
+@register_figure("overview", requires=("x", "y"),
+                 caption="every stimulus centre (coloured by diameter where the set has one) and the mean image")
 def overview(stimulus_set: StimulusSet, batch_size: int = 256) -> Figure:
     """The study's overview: every stimulus centre (left) and the mean image over the set (right).
 
@@ -48,9 +102,13 @@ def overview(stimulus_set: StimulusSet, batch_size: int = 256) -> Figure:
     ax_c, ax_m = fig.subplots(1, 2)
     p = stimulus_set.params
     c = stimulus_set.canvas
-    ax_c.scatter(p.x.values, p.y.values, s=2, c=p.diameter.values, cmap="viridis")
+    if "diameter" in p.variables:
+        dots = ax_c.scatter(p.x.values, p.y.values, s=2, c=p.diameter.values, cmap="viridis")
+        fig.colorbar(dots, ax=ax_c, label="diameter (px)", shrink=0.8)
+    else:
+        ax_c.scatter(p.x.values, p.y.values, s=2, color="k")
     ax_c.set(xlim=(0, c), ylim=(c, 0), aspect="equal", xlabel="x (px)", ylabel="y (px)",
-             title=f"centres (n={len(stimulus_set)}, colour = diameter)")
+             title=f"stimulus centres (n={len(stimulus_set)})")
     ax_m.imshow(mean, vmin=0, vmax=1)
     ax_m.set(title="mean image", xticks=[], yticks=[])
     return fig

@@ -11,7 +11,8 @@ from torch import nn
 
 import stimuli
 from rig.errors import RigError
-from rig.lesions import (PrefixRunner, lesioned, parameter_checksum, proportion_grid, ratemap_at, silenced,
+from rig.subjects import weights_hash
+from rig.lesions import (PrefixRunner, lesioned, proportion_grid, ratemap_at, silenced,
                          unit_lesions, unit_ranks, weight_lesions, weighted_modules)
 from rig.lesions.prefix import cls_only_forward, split_candidates
 from rig.lesions.units import ranks_from_scores
@@ -89,17 +90,17 @@ def test_lesioned_zeroes_weights_and_restores_exactly_after_exception(clip):
     subject, _ = clip
     conv = subject.model.visual.conv1
     ln = subject.model.visual.transformer.resblocks[1].ln_1
-    before = parameter_checksum(subject.model)
+    before = weights_hash(subject.model)
     with pytest.raises(KeyError):
         with lesioned([conv, ln], include_bias=False):
             assert conv.weight.abs().sum() == 0 and ln.weight.abs().sum() == 0
             assert ln.bias.abs().sum() > 0  # biases kept unless include_bias
             raise KeyError("interrupted")
-    assert parameter_checksum(subject.model) == before
+    assert weights_hash(subject.model) == before
     with lesioned(ln, include_bias=True):
         assert ln.bias.abs().sum() == 0
-        assert parameter_checksum(subject.model) != before
-    assert parameter_checksum(subject.model) == before
+        assert weights_hash(subject.model) != before
+    assert weights_hash(subject.model) == before
 
 
 def test_weighted_modules_of_clip_vit_b32_in_named_modules_order():
@@ -118,13 +119,13 @@ def test_weighted_modules_of_clip_vit_b32_in_named_modules_order():
 def test_weight_lesions_match_naive_and_restore(clip, circles):
     subject, readout = clip
     model = subject.model
-    before = parameter_checksum(model)
+    before = weights_hash(model)
     names = ["visual.conv1", "visual.transformer.resblocks.1.attn", "visual.transformer.resblocks.1.mlp.c_fc",
              "visual.transformer.resblocks.3.ln_2", "visual.ln_post", "transformer.resblocks.0.mlp.c_fc",
              "ln_final"]
     ds = weight_lesions(subject, circles, readout, names, include_bias=True, batch_size=4,
                         rebuild_readout=lambda: ZeroShot(model, PROMPTS))
-    assert parameter_checksum(model) == before
+    assert weights_hash(model) == before
     images = torch.from_numpy(circles.render(np.arange(len(circles))))
     for name in names:
         with lesioned(model.get_submodule(name), include_bias=True):
@@ -140,7 +141,7 @@ def test_weight_lesions_match_naive_and_restore(clip, circles):
 
 def test_weight_lesions_restore_after_exception_mid_condition(clip, circles):
     subject, readout = clip
-    before = parameter_checksum(subject.model)
+    before = weights_hash(subject.model)
     calls = {"n": 0}
 
     def flaky(out):
@@ -153,7 +154,7 @@ def test_weight_lesions_restore_after_exception_mid_condition(clip, circles):
     with pytest.raises(RuntimeError):
         weight_lesions(subject, circles, flaky, ["visual.transformer.resblocks.2.mlp.c_fc", "visual.conv1"],
                        include_bias=True, batch_size=4)
-    assert parameter_checksum(subject.model) == before
+    assert weights_hash(subject.model) == before
 
 
 def test_text_lesion_without_rebuild_readout_is_a_user_error(clip, circles):
@@ -391,10 +392,10 @@ def test_unit_lesion_sweep_resumes_after_a_kill_and_equals_an_uninterrupted_run(
         return readout(out)
 
     killed.target, killed.labels = 0, PROMPTS
-    before = parameter_checksum(subject.model)
+    before = weights_hash(subject.model)
     with pytest.raises(KeyboardInterrupt):
         unit_lesions(subject, circles, killed, folder=tmp_path / "sweep", **kw)
-    assert parameter_checksum(subject.model) == before
+    assert weights_hash(subject.model) == before
     assert not subject.model.get_submodule(SITE)._forward_hooks  # the silencing hook is gone
     done = len(list((tmp_path / "sweep" / "conditions").glob("*.npy")))
     assert 0 < done

@@ -95,7 +95,7 @@ def test_user_errors():
 
 
 def _circles_like(n=1000, canvas=224, seed=0):
-    """Centres drawn as `stimuli.shapes.circles` does (the circle stays inside), so walls force small diameters."""
+    """Centres drawn as `stimuli.circles` does (the circle stays inside), so walls force small diameters."""
     rng = np.random.default_rng(seed)
     d = rng.uniform(20, 80, n)
     x, y = rng.uniform(d / 2, canvas - d / 2), rng.uniform(d / 2, canvas - d / 2)

@@ -58,13 +58,13 @@ def test_vit_tokens_equal_manual_forward(vit, circles, vit_truth, tmp_path, toke
         else:
             assert ds[site].dims == ("stimulus", "token", "unit")
             np.testing.assert_array_equal(ds[site].values, want)
-            assert ds["token"].values.tolist() == keep
+            assert ds[site]["token"].values.tolist() == keep
             grid = np.arange(49)
-            assert ds["token_row"].values.tolist() == [-1 if t == 0 else grid[t - 1] // 7 for t in keep]
-            assert ds["token_col"].values.tolist() == [-1 if t == 0 else grid[t - 1] % 7 for t in keep]
-    np.testing.assert_array_equal(ds["x"].values, circles.params["x"].values)
-    np.testing.assert_array_equal(ds["diameter"].values, circles.params["diameter"].values)
-    assert ds["shape"].values.tolist() == circles.params["shape"].values.tolist()
+            assert ds[site]["token_row"].values.tolist() == [-1 if t == 0 else grid[t - 1] // 7 for t in keep]
+            assert ds[site]["token_col"].values.tolist() == [-1 if t == 0 else grid[t - 1] % 7 for t in keep]
+    np.testing.assert_array_equal(ds.stimuli["x"].values, circles.params["x"].values)
+    np.testing.assert_array_equal(ds[ATTN[0]]["diameter"].values, circles.params["diameter"].values)
+    assert ds.stimuli["shape"].values.tolist() == circles.params["shape"].values.tolist()
     assert ds.attrs["subject"] == vit.name and ds.attrs["stimuli_hash"] == circles.content_hash()
     ds.close()
 
@@ -92,8 +92,9 @@ def test_conv_and_flat_sites_equal_manual_forward(circles, tmp_path):
         conv = net.conv(x)
         fc = net.fc(net.pool(torch.relu(conv)).flatten(1))
     ds = open_recording(path)
-    assert ds["conv"].dims == ("stimulus", "unit_4", "map_y", "map_x")   # sizes disagree: unit_<size>
-    assert ds["fc"].dims == ("stimulus", "unit_5")
+    assert ds.stored("conv").dims == ("stimulus", "unit_4", "map_y", "map_x")   # sizes disagree: unit_<size>
+    assert ds.stored("fc").dims == ("stimulus", "unit_5")
+    assert ds["conv"].dims == ("stimulus", "unit", "map_y", "map_x") and ds["fc"].dims == ("stimulus", "unit")
     np.testing.assert_allclose(ds["conv"].values, conv.numpy(), rtol=1e-6, atol=1e-6)  # pre-ReLU values
     assert (ds["conv"].values < 0).any()
     np.testing.assert_allclose(ds["fc"].values, fc.numpy(), rtol=1e-6, atol=1e-6)
@@ -112,9 +113,11 @@ def test_seq_first_batch_first_and_tuple_outputs(tmp_path):
                 "bat3": net.bat3(x), "bat5": net.bat5(x)}
     ds = open_recording(path)
     for k, v in want.items():
-        assert ds[k].dims == ("stimulus", f"token_{v.shape[1]}", "unit")
+        assert ds.stored(k).dims == ("stimulus", f"token_{v.shape[1]}", "unit")
+        assert ds[k].dims == ("stimulus", "token", "unit")
         np.testing.assert_allclose(ds[k].values, v.numpy(), rtol=1e-6, atol=1e-6)
-    assert ds["token_row_5"].values.tolist() == [-1, 0, 0, 1, 1]
+    assert ds.dataset["token_row_5"].values.tolist() == [-1, 0, 0, 1, 1]
+    assert ds["seq5"]["token_row"].values.tolist() == [-1, 0, 0, 1, 1]
     ds.close()
 
 
@@ -237,7 +240,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, dtype):
     assert calls["n"] == 2       # only the 3 remaining stimuli of shard 2 (two batches) are recorded again
     assert not parts.exists()
     got, ref = open_recording(path), open_recording(want)
-    xr.testing.assert_identical(got.drop_attrs(), ref.drop_attrs())
+    xr.testing.assert_identical(got.dataset.drop_attrs(), ref.dataset.drop_attrs())
     assert got.attrs["rig_settings"] == ref.attrs["rig_settings"]
     got.close(), ref.close()
 

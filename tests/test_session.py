@@ -91,8 +91,10 @@ def test_session_folder_holds_every_step(archive):
     assert prov["stimulus_hash"] == a.stimuli.content_hash()
     assert prov["protocol_hash"] == a.protocol.hash() and len(prov["weights_sha256"]) == 64
     rec = a.recording
-    assert rec["place"].dims == ("stimulus", "unit_64") and rec.sizes["stimulus"] == 300  # sites differ in size
-    assert {"x", "y", "diameter"} <= set(rec.coords)
+    # sites differ in size (stored as unit_64, unit_100): each is given back under the canonical dims
+    assert rec["place"].dims == ("stimulus", "unit") and rec.n_stimuli == 300 and rec["units"].sizes["unit"] == 100
+    assert rec.stored("place").dims == ("stimulus", "unit_64")
+    assert {"x", "y", "diameter"} <= set(rec.stimuli.coords) and {"x", "y"} <= set(rec["place"].coords)
     assert 0.9 < float(a.behaviour["target_probability"].mean()) <= 1
     results = a.results
     assert {"analyses/ratemaps", "analyses/spatial_scores", "perturb/unit_lesions"} <= set(results)
@@ -194,14 +196,14 @@ def _interrupted_session(tmp_path: Path) -> Path:
     proto = _protocol(tmp_path, n=50)
     root = tmp_path / "archive"
     with pytest.raises(KeyboardInterrupt):
-        from rig import steps
+        from rig.steps import get_step
 
-        original = steps.record
-        steps.record = lambda ctx: (_ for _ in ()).throw(KeyboardInterrupt())
+        record = get_step("record")
+        record.run = lambda ctx, spec: (_ for _ in ()).throw(KeyboardInterrupt())
         try:
             rig.run(proto, archive=root, progress=False)
         finally:
-            steps.record = original
+            del record.run  # the class's own run again
     (folder,) = root.iterdir()
     return folder
 
@@ -223,7 +225,8 @@ def test_resume_refuses_edited_protocol_and_a_locked_session(tmp_path):
     with pytest.raises(RigError, match="protocol.toml was edited"):
         rig.resume(folder, progress=False)
     (folder / "protocol.toml").write_text(text)
-    fd = os.open(folder / ".lock", os.O_RDWR)
+    assert not (folder / ".lock").exists()  # a session that ended leaves no lock file behind
+    fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR)  # another writer holds the lock
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         with pytest.raises(RigError, match="being written by another process"):

@@ -110,4 +110,5 @@ def test_make_by_name_and_suggestion():
 def test_figures():
     s = stimuli.circles(n=30, seed=0)
     assert len(stimuli.contact_sheet(s, n=12).axes) >= 12
-    assert len(stimuli.overview(s, batch_size=8).axes) == 2
+    axes = stimuli.overview(s, batch_size=8).axes  # centres, mean image, and the colour bar of the diameter
+    assert len(axes) == 3 and axes[2].get_ylabel() == "diameter (px)"

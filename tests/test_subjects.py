@@ -323,13 +323,13 @@ def test_phantom_source_maps_to_its_factory():
     assert s.forward(torch.rand(1, 3, s.input_size, s.input_size)).shape[0] == 1
 
 
-def test_register_source_extends_the_table(monkeypatch):
-    import rig.subjects as subjects
-
-    monkeypatch.setattr(subjects, "SOURCES", dict(SOURCES))  # undone after the test
+def test_register_source_extends_the_table():
     register_source("mine", lambda req: load_subject("factory", factory="subject_factories:build", seed=req.seed,
                                                      device=req.device))
-    assert load_subject("mine", seed=2, device="cpu").input_size == 32
+    try:
+        assert "mine" in SOURCES and load_subject("mine", seed=2, device="cpu").input_size == 32
+    finally:
+        SOURCES.unregister("mine")
     with pytest.raises(SubjectError, match="unknown subject source 'nope'"):
         load_subject("nope", "x")
 

@@ -1,13 +1,13 @@
 """Lesions ("perturb"): reversible weight lesions, per-stimulus unit lesions, and a cached-prefix runner
 that re-runs only the blocks after the lesion."""
 from rig.lesions.prefix import BlockSplit, PrefixRunner, split_candidates
-from rig.lesions.restore import lesioned, parameter_checksum, preserved
+from rig.lesions.restore import lesioned, preserved
 from rig.lesions.silence import UnitSilencer, silenced
 from rig.lesions.units import STRATEGIES, proportion_grid, ratemap_at, unit_lesions, unit_ranks
 from rig.lesions.weights import towers, weight_lesions, weighted_modules
 
 __all__ = [
-    "BlockSplit", "PrefixRunner", "split_candidates", "lesioned", "parameter_checksum", "preserved",
+    "BlockSplit", "PrefixRunner", "split_candidates", "lesioned", "preserved",
     "UnitSilencer", "silenced", "STRATEGIES", "proportion_grid", "ratemap_at", "unit_lesions", "unit_ranks",
     "towers", "weight_lesions", "weighted_modules",
 ]

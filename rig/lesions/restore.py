@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Iterable, Iterator
 
 import torch
@@ -49,13 +48,3 @@ def lesioned(modules: nn.Module | Iterable[nn.Module], include_bias: bool = Fals
             for p in params:
                 p.zero_()
         yield
-
-
-def parameter_checksum(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes) of `model`."""
-    h = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        a = t.detach().cpu().contiguous()
-        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

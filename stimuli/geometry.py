@@ -14,11 +14,13 @@ import xarray as xr
 from matplotlib.colors import to_rgb
 
 from .base import StimulusError, StimulusSet, register_renderer
+from .catalog import register_generator
 
 SHAPES = ("circle", "square", "triangle")
 LAYOUTS = ("random", "grid")
 
 
+@register_generator("circles")
 def circles(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] = (20, 80),
             color: str | Sequence[float] = "black", background: str | Sequence[float] = "white",
             layout: str = "random", seed: int = 0) -> StimulusSet:
@@ -41,6 +43,7 @@ def circles(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] 
                   seed=seed, shapes=("circle",), generator="circles")
 
 
+@register_generator("shapes")
 def shapes(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] = (20, 80),
            color: str | Sequence[float] = "black", background: str | Sequence[float] = "white",
            layout: str = "random", seed: int = 0, shapes: Sequence[str] = SHAPES,

@@ -1,0 +1,21 @@
+"""The steps of a session: one `Step` object per step type, in one module each, registered by type.
+
+Built-in steps: `design` (stimuli), `record`, the `[[analyse]]` steps `ratemaps` and `spatial_scores`, the
+`[[perturb]]` steps `weight_lesions` and `unit_lesions`, and `compare`. `plan(protocol)` lists a session's
+steps in the order they run; `run_step(ctx, planned)` runs one. See `rig.steps.base` for how to write a step.
+"""
+from __future__ import annotations
+
+from .base import (LIST_SECTIONS, SECTIONS, Needs, PlannedStep, Preflight, Shared, Step, StepContext, StepSettings,
+                   Strict, get_step, is_step, list_steps, plan, register_step, steps)
+
+
+def run_step(ctx: StepContext, planned: PlannedStep) -> list[str]:
+    """Run one planned step in a context of its own; returns the files it wrote (relative to the folder)."""
+    step_ctx = ctx.for_step(planned)
+    planned.step.run(step_ctx, planned.spec)
+    return step_ctx.outputs
+
+
+__all__ = ["LIST_SECTIONS", "SECTIONS", "Needs", "PlannedStep", "Preflight", "Shared", "Step", "StepContext",
+           "StepSettings", "Strict", "get_step", "is_step", "list_steps", "plan", "register_step", "run_step", "steps"]

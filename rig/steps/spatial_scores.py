@@ -1,0 +1,87 @@
+"""The spatial_scores step: spatial information, grid and border score of every mapped unit, with per-unit
+shuffle nulls and a class per unit."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import Field
+
+from ..dims import X_BIN, Y_BIN, unit_table, units_first
+from .base import Needs, Step, StepContext, StepSettings, register_step
+from .ratemaps import open_ratemaps
+
+SCORES = ("spatial_information", "grid_score", "border_score")
+
+
+class SpatialScoresSettings(StepSettings):
+    type: Literal["spatial_scores"]
+    ratemaps: Annotated[str, Needs("ratemaps")] = Field("ratemaps", description="name of the ratemaps step to score")
+    rate: Literal["shift", "rectify", "none"] = Field(
+        "shift", description="activation -> non-negative rate for spatial information")
+    shuffles: int = Field(100, ge=0, description="shuffles of stimulus positions for per-unit nulls")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level against the unit's own null")
+    top_k: int = Field(5, gt=0, description="units per score shown in the figure")
+    seed: int = 0
+
+
+def short_site(site: str) -> str:
+    """A site name short enough for a figure label (`visual.transformer.resblocks.9.attn` -> `block 9.attn`)."""
+    return site.replace("visual.transformer.resblocks.", "block ")
+
+
+@register_step
+class SpatialScores(Step):
+    """Spatial information, grid and border score of every mapped unit, with per-unit shuffle nulls and a class
+    (spatial / grid / border / none), as one table along `cell` with `site` and `unit` coordinates; figures of
+    the top units per site and of the score distributions."""
+
+    section = "analyse"
+    Settings = SpatialScoresSettings
+
+    def run(self, ctx: StepContext, spec: SpatialScoresSettings) -> None:
+        import analyses
+
+        rm_spec = ctx.referenced(spec, "ratemaps").spec
+        with ctx.recording() as rec, open_ratemaps(ctx.result_of(spec, "ratemaps")) as site_maps:
+            occupancy = site_maps.dataset["occupancy"].values
+            per_site, maps_flat, scores_flat = [], {}, {}
+            for site in site_maps:
+                maps = site_maps[site]
+                if spec.shuffles > 0:
+                    scores = analyses.spatial_nulls(rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas),
+                                                    rate=spec.rate, alpha=spec.alpha, n_shuffles=spec.shuffles,
+                                                    seed=spec.seed)
+                else:
+                    scores = xr.Dataset({
+                        "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
+                        "grid_score": analyses.grid_score(maps),
+                        "border_score": analyses.border_score(maps)})
+                flat = unit_table(scores, site)
+                per_site.append(flat)
+                maps_flat[site] = units_first(maps, (Y_BIN, X_BIN)).values
+                scores_flat[site] = {k: flat[k].values for k in SCORES}
+                ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
+        result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
+        result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
+                             "ratemaps": rm_spec.key, "regress_out": list(rm_spec.regress_out)})
+        ctx.write_result(result)
+        short = {s: short_site(s) for s in maps_flat}
+        ctx.write_figure(f"{spec.key}_top_units", analyses.top_units_figure(
+            {short[s]: m for s, m in maps_flat.items()}, {short[s]: v for s, v in scores_flat.items()},
+            k=spec.top_k, title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score"))
+        ctx.write_figure(f"{spec.key}_distributions",
+                         analyses.score_distributions({short[s]: v for s, v in scores_flat.items()}))
+        if "class" in result:
+            labels, counts = np.unique(result["class"].values.astype(str), return_counts=True)
+            for label, count in zip(labels, counts):
+                if label != "none":
+                    ctx.headline[f"{label} units"] = int(count)
+        grid = result["grid_score"].values
+        ctx.headline["best grid score"] = round(float(np.nanmax(grid)), 3) if np.isfinite(grid).any() else None
+
+    def compare_figure(self, a: Any, b: Any, labels: tuple[str, str]) -> Any:
+        import analyses
+
+        return analyses.compare_preparations(a, b, labels=labels)
