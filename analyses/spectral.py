@@ -687,7 +687,7 @@ def unstack_nodes(da: xr.DataArray, dims: Sequence[str] | None = None) -> xr.Dat
                 tab = dict(zip(da["token"].values.tolist(), da[c].values.tolist()))
                 token_pos[c] = tab
     drop = [c for c, v in da.coords.items() if v.dims == ("node",) and c not in dims]
-    out = da.drop_vars(drop).drop_vars("node").set_index(node=dims).unstack("node")
+    out = da.drop_vars(drop).set_index(node=dims).unstack("node")
     for d, values in order.items():
         out = out.reindex({d: values})
     if token_pos:
