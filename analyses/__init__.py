@@ -3,13 +3,20 @@
 Ratemaps and the scores neuroscience uses for spatially selective cells (spatial information, grid score,
 border score), per-unit shuffle nulls, and their figures.
 """
+from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
 from .nulls import classify, spatial_nulls
 from .ratemaps import AnalysisInputError, rate_transform, ratemaps, smooth_maps
 from .spatial import (autocorrelogram, border_fields, border_score, grid_score, selectivity, sparsity,
                       spatial_information, spatial_stats)
+from .segmentation import (downsample_masks, miou_figure, ncut_colors, ncut_image_figure, oracle_miou,
+                           oracle_segmentation, spectral_embedding, trajectory_figure)
 from .spatial_figures import compare_preparations, score_distributions, top_units_figure
+from .spectral import affinity, farthest_point_sampling, ncut, nystrom_ncut, unstack_nodes
 
-__all__ = ["AnalysisInputError", "autocorrelogram", "border_fields", "border_score", "classify",
+__all__ = ["AnalysisInputError", "ChannelAlignment", "affinity", "brain_alignment", "cca_alignment",
+           "downsample_masks", "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
+           "nystrom_ncut", "oracle_miou", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
+           "trajectory_figure", "unstack_nodes", "autocorrelogram", "border_fields", "border_score", "classify",
            "compare_preparations", "grid_score", "rate_transform", "ratemaps", "score_distributions",
            "selectivity", "smooth_maps", "sparsity", "spatial_information", "spatial_nulls", "spatial_stats",
            "top_units_figure"]

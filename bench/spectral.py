@@ -1,0 +1,143 @@
+"""Bench of analyses.nystrom_ncut: speed at 100k x 768 next to ncut-pytorch, peak RSS at 1M streamed from
+netCDF, the study's 7M graph (or a stated fraction, projected linearly), and agreement numbers.
+
+    PYTHONPATH=$PWD python bench/spectral.py [--ncut-python /tmp/ncutvenv/bin/python] [--big 1000000,2000000]
+
+ncut-pytorch is a bench-only tool, run in its own interpreter (a venv with --system-site-packages, so it
+cannot replace this environment's torch/numpy). Large netCDF files go to /tmp and are deleted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def clustered(n, d=768, k=40, seed=0):
+    """Planted clusters with a power-law within-cluster spectrum (not a low-rank toy)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)).astype(np.float32)
+    scales = (np.arange(1, d + 1) ** -0.5).astype(np.float32) * 1.5
+    lab = rng.integers(k, size=n)
+    out = np.empty((n, d), dtype=np.float32)
+    for lo in range(0, n, 100_000):
+        hi = min(n, lo + 100_000)
+        out[lo:hi] = centres[lab[lo:hi]] + rng.standard_normal((hi - lo, d), dtype=np.float32) * scales
+    return out, lab
+
+
+def angles(a, b):
+    qa, qb = np.linalg.qr(a)[0], np.linalg.qr(b)[0]
+    return np.degrees(np.arccos(np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), -1, 1)))
+
+
+def write_nc(path, n_nodes, tokens=197, d=768):
+    import netCDF4
+    n_stim = n_nodes // tokens
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("stimulus", n_stim), ds.createDimension("token", tokens), ds.createDimension("unit", d)
+        v = ds.createVariable("site", "f4", ("stimulus", "token", "unit"), chunksizes=(250, tokens, 16))
+        for lo in range(0, n_stim, 250):
+            hi = min(n_stim, lo + 250)
+            x, _ = clustered((hi - lo) * tokens, d, seed=lo)
+            v[lo:hi] = x.reshape(hi - lo, tokens, d)
+    return n_stim * tokens
+
+
+CHILD = r"""
+import sys, time, json, resource, xarray as xr
+sys.path.insert(0, {here!r})
+import analyses
+da = xr.open_dataset({path!r}, engine="netcdf4")["site"]
+t = time.perf_counter()
+e = analyses.nystrom_ncut(da, n_eig=20)
+print(json.dumps({{"seconds": time.perf_counter() - t, "nodes": e.sizes["node"],
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "attrs": {{k: v for k, v in e.attrs.items() if k.startswith("seconds")}}}}))
+"""
+
+NCUT_PT = r"""
+import sys, time, numpy as np, torch
+from ncut_pytorch import Ncut
+x = torch.from_numpy(np.load({path!r}))
+t = time.perf_counter()
+v = Ncut(n_eig=20).fit_transform(x)
+print("SECONDS", time.perf_counter() - t)
+np.save({out!r}, v.numpy())
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ncut-python", default="/tmp/ncutvenv/bin/python")
+    ap.add_argument("--big", default="1000000,2000000", help="node counts streamed from netCDF (7000000 = full)")
+    args = ap.parse_args()
+    sys.path.insert(0, HERE)
+    import analyses
+    print("uptime before:", os.popen("uptime").read().strip())
+    tmp = tempfile.mkdtemp(dir="/tmp", prefix="bench_spectral_")
+    try:
+        # agreement with the exact cut on a graph small enough for both
+        xs, labs = clustered(6000, 768, k=12, seed=1)
+        ex = analyses.ncut(xs, n_eig=12, max_nodes=10000)
+        for sd in (128, None):
+            ny = analyses.nystrom_ncut(xs, n_eig=12, n_sample=2000, search_dim=sd)
+            print(f"agreement 6000 nodes (12 clusters), n_sample=2000, search_dim={sd}: max principal angle "
+                  f"over top 12 = {angles(ex.values, ny.values).max():.2f} deg, top 6 = "
+                  f"{angles(ex.values[:, :6], ny.values[:, :6]).max():.2f} deg")
+        # speed at 100k x 768
+        x, _ = clustered(100_000)
+        t = time.perf_counter()
+        ours = analyses.nystrom_ncut(x, n_eig=20)
+        print(f"ours 100,000 x 768, 20 eig: {time.perf_counter() - t:.1f} s "
+              f"({ {k: v for k, v in ours.attrs.items() if k.startswith('seconds')} })")
+        if os.path.exists(args.ncut_python):
+            np.save(f"{tmp}/x.npy", x)
+            r = subprocess.run([args.ncut_python, "-c", NCUT_PT.format(path=f"{tmp}/x.npy", out=f"{tmp}/v.npy")],
+                               capture_output=True, text=True)
+            sec = [ln for ln in r.stdout.splitlines() if ln.startswith("SECONDS")]
+            if sec:
+                ref = np.load(f"{tmp}/v.npy")
+                print(f"ncut-pytorch 3.2 same data: {float(sec[0].split()[1]):.1f} s; principal angles ours vs "
+                      f"theirs (top 10): max {angles(ours.values[:, :10], ref[:, :10]).max():.1f} deg "
+                      f"(their affinity is an RBF with its own sigma, so only the leading subspace is comparable)")
+            else:
+                print("ncut-pytorch failed:", r.stderr[-500:])
+        del x
+        # big graphs streamed from netCDF, in a subprocess each (peak RSS)
+        for n in [int(v) for v in args.big.split(",") if v]:
+            if shutil.disk_usage("/tmp").free < n * 768 * 4 * 1.3:
+                print(f"{n} nodes: not enough disk in /tmp, skipped")
+                continue
+            path = f"{tmp}/big.nc"
+            t = time.perf_counter()
+            n_real = write_nc(path, n)
+            w = time.perf_counter() - t
+            r = subprocess.run([sys.executable, "-c", CHILD.format(here=HERE, path=path)], capture_output=True,
+                               text=True)
+            os.remove(path)
+            try:
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+            except Exception:  # noqa: BLE001
+                print(f"{n} nodes failed:", r.stderr[-800:])
+                continue
+            per = res["seconds"] / n_real
+            print(f"{n_real:,} nodes x 768 streamed from netCDF ({n_real * 768 * 4 / 2**30:.1f} GiB, written in "
+                  f"{w:.0f} s): {res['seconds']:.0f} s, peak RSS {res['peak_rss_gb']:.2f} GiB; {res['attrs']}; "
+                  f"linear projection to 7,000,000 nodes: {per * 7e6 / 60:.1f} min")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print("uptime after:", os.popen("uptime").read().strip())
+
+
+if __name__ == "__main__":
+    main()
