@@ -66,7 +66,7 @@ def unit_table(results: xr.Dataset, site: str) -> xr.Dataset:
     """Per-unit results of one site `(unit[, token | map_y, map_x])` as a table along `cell`, with coordinates
     `site`, `unit` and, where the site has them, `token`, `token_row`, `token_col`, `map_y`, `map_x`.
 
-    Tables of several sites concatenate along `cell` (`xr.concat(tables, "cell")`), whatever their shapes.
+    Tables of several sites concatenate along `cell` with `concat_tables`, whatever their shapes.
     """
     flat = units_first(canonical(results), ())
     if CELL in flat.indexes:
@@ -75,14 +75,23 @@ def unit_table(results: xr.Dataset, site: str) -> xr.Dataset:
     return flat.assign_coords(site=(CELL, np.full(flat.sizes[CELL], site)))
 
 
+def concat_tables(tables: list[xr.Dataset]) -> xr.Dataset:
+    """Per-unit tables of several sites as one table along `cell`; a unit coordinate that a site lacks (e.g.
+    `map_y` beside a flat site) is -1 on that site's cells."""
+    present = {c for t in tables for c in t.coords if c in UNIT_COORDS}
+    filled = [t.assign_coords({c: (CELL, np.full(t.sizes[CELL], -1, np.int64)) for c in present - set(t.coords)})
+              for t in tables]
+    return xr.concat(filled, dim=CELL, join="outer", combine_attrs="drop_conflicts")
+
+
 def unit_label(table: xr.Dataset | xr.DataArray, i: int) -> str:
     """How a reader names cell `i` of a per-unit table: `unit 26`, `unit 26 @ token 3`, `unit 26 @ (3, 4)`
     (channel at map position y, x)."""
     c = table.coords
     text = f"unit {int(c[UNIT].values[i])}" if UNIT in c else f"cell {i}"
-    if TOKEN in c:
+    if TOKEN in c and int(c[TOKEN].values[i]) >= 0:
         text += f" @ token {int(c[TOKEN].values[i])}"
-    if MAP_Y in c and MAP_X in c:
+    if MAP_Y in c and MAP_X in c and int(c[MAP_Y].values[i]) >= 0:
         text += f" @ ({int(c[MAP_Y].values[i])}, {int(c[MAP_X].values[i])})"
     return text
 

@@ -425,7 +425,14 @@ def where(path: str | Path, loc: tuple) -> str:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of protocol files (for editors: `rig schema > protocol.schema.json`)."""
+    from stimuli.catalog import generators
+
+    from .sources import sources
+
     schema = protocol_model().model_json_schema()
+    defs = schema.get("$defs", {})  # the registered names, plugins included, as the editor's choices
+    defs["SubjectSpec"]["properties"]["source"]["enum"] = list(sources)
+    defs["StimuliSpec"]["properties"]["generator"]["enum"] = list(generators)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "rig protocol"
     return schema

@@ -539,6 +539,14 @@ def build_factory(req: SubjectRequest) -> Subject:
     if not isinstance(model, nn.Module):
         raise SubjectError(f"factory {spec!r} returned {type(model).__name__}; it must return an nn.Module or "
                            "(module, transform)", key="factory")
+    return from_module(req, model, transform, label=req.source if req.source != "factory" else f"factory:{spec}")
+
+
+def from_module(req: SubjectRequest, model: nn.Module, transform: Any = None, label: str | None = None) -> Subject:
+    """A `Subject` around a torch module, for sources of one's own (`register_source`): `transform` is a
+    torchvision-style transform (redone on tensors), a callable on float tensors `(B, 3, H, W)` in [0, 1], or
+    None (the module receives the images as they are); the input size comes from `model.input_size`, else the
+    transform, else 224; class names from `model.class_names`. A checkpoint in `req.weights` is loaded."""
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     if transform is None:
         preprocess = TensorPreprocess()
@@ -549,8 +557,7 @@ def build_factory(req: SubjectRequest) -> Subject:
             preprocess = transform  # a callable on tensors (B, 3, H, W) in [0, 1]
     size = getattr(model, "input_size", None) or getattr(preprocess, "output_size", None) or DEFAULT_INPUT_SIZE
     names = getattr(model, "class_names", None)
-    label = req.source if req.source != "factory" else f"factory:{spec}"
-    return _finish(req, model, preprocess, lambda m: m, int(size), label,
+    return _finish(req, model, preprocess, lambda m: m, int(size), label or req.source,
                    class_names=list(names) if names is not None else None)
 
 

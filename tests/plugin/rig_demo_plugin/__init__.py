@@ -1,0 +1,1 @@
+"""An example rig plugin (see pyproject.toml for its entry points)."""
