@@ -218,10 +218,13 @@ def preflight(proto: Protocol, source: str) -> Any:
             readout = make_readout(subject, proto.behaviour.model_dump())
         except RigError as e:
             raise ProtocolError(f"{where(source, ('behaviour',))}: behaviour: {e}") from None
-    pre = Preflight(proto, source, subject, catalogue(subject), recorded, readout)
+    import stimuli
+
+    stimulus_set = stimuli.make(proto.stimuli.generator, **proto.stimuli.params())  # validated: this works
+    pre = Preflight(proto, source, subject, catalogue(subject), recorded, readout, stimulus_set)
     for planned in plan(proto):
         planned.step.check(planned.spec, pre)
-    return Shared(subject=subject, readout=readout)
+    return Shared(subject=subject, readout=readout, stimuli=stimulus_set)
 
 
 def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,

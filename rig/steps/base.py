@@ -329,8 +329,9 @@ class StepContext:
 @dataclass
 class Preflight:
     """What a step's `check` sees before any folder is made: the protocol and its file, the built subject, its
-    site catalogue, the recorded sites, the behaviour readout. `fail(loc, message)` raises a `ProtocolError`
-    naming the file, line and key of `loc` (e.g. `("perturb", 0, "site")`)."""
+    site catalogue, the recorded sites (names), the behaviour readout and the stimulus set (parameters only;
+    nothing is rendered). `fail(loc, message)` raises a `ProtocolError` naming the file, line and key of `loc`
+    (e.g. `("perturb", 0, "site")`)."""
 
     protocol: Any
     source: str
@@ -338,6 +339,7 @@ class Preflight:
     catalogue: list
     recorded: list[str]
     readout: Any
+    stimuli: Any = None
 
     def fail(self, loc: tuple, message: str) -> typing.NoReturn:
         from ..errors import ProtocolError
@@ -347,3 +349,11 @@ class Preflight:
 
     def site_info(self, name: str) -> Any:
         return next((i for i in self.catalogue if i.name == name), None)
+
+    def planned_loc(self, spec: Any) -> tuple:
+        """The protocol location of a step's settings: `("analyse", 0)`."""
+        return next(p.loc for p in plan(self.protocol) if p.spec is spec)
+
+    def planned_step(self, step_type: str, name: str) -> PlannedStep | None:
+        """The step of type `step_type` named `name` in this protocol (None if there is none)."""
+        return next((p for p in plan(self.protocol) if p.step.type == step_type and p.name == name), None)

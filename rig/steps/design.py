@@ -19,7 +19,7 @@ class Design(Step):
     def run(self, ctx: StepContext, spec: Any) -> None:
         import stimuli
 
-        stim = stimuli.make(spec.generator, **spec.params())
+        stim = ctx.shared.stimuli or stimuli.make(spec.generator, **spec.params())  # preflight may have made it
         with atomic_path(ctx.layout.stimuli) as tmp:
             stim.to_netcdf(tmp)
         ctx.wrote(ctx.layout.stimuli)

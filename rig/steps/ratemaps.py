@@ -42,6 +42,25 @@ class Ratemaps(Step):
     section = "analyse"
     Settings = RatemapsSettings
 
+    def check(self, spec: RatemapsSettings, pre: Any) -> None:
+        from stimuli.registry import glob_match
+
+        loc = pre.planned_loc(spec)
+        if not glob_match(pre.recorded, spec.sites):
+            pre.fail(loc + ("sites",), f"{spec.sites} match none of the recorded sites ({', '.join(pre.recorded)}); "
+                     "use names or globs of [record] sites")
+        params = pre.stimuli.params
+        if "x" not in params.variables or "y" not in params.variables:
+            pre.fail(loc, f"ratemaps need stimulus positions x, y; generator {pre.protocol.stimuli.generator!r} "
+                     "gives none (use circles or shapes, or a generator with x and y)")
+        along = [str(k) for k, v in params.variables.items() if v.dims == ("stimulus",) and k != "stimulus"]
+        for name in spec.regress_out:
+            if name not in along:
+                from stimuli.registry import did_you_mean
+
+                pre.fail(loc + ("regress_out",), f"{name!r} is not a stimulus parameter{did_you_mean(name, along)} "
+                         f"(parameters: {', '.join(along)})")
+
     def run(self, ctx: StepContext, spec: RatemapsSettings) -> None:
         import analyses
 

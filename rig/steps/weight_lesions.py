@@ -6,6 +6,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from stimuli.registry import glob_match
+
 from .base import Step, StepContext, StepSettings, register_step
 
 
@@ -32,9 +34,22 @@ class WeightLesions(Step):
     section = "perturb"
     Settings = WeightLesionsSettings
 
-    def run(self, ctx: StepContext, spec: WeightLesionsSettings) -> None:
-        from stimuli.registry import glob_match
+    def check(self, spec: WeightLesionsSettings, pre) -> None:
+        from ..errors import RigError
+        from ..lesions import weighted_modules
 
+        loc = pre.planned_loc(spec)
+        try:
+            modules = [m for tower in spec.towers for m in weighted_modules(pre.subject.model, tower)]
+        except RigError as e:
+            pre.fail(loc + ("towers",), f"{e}; set towers to those")
+        if spec.modules is not None and not glob_match(modules, spec.modules):
+            pre.fail(loc + ("modules",), f"{spec.modules} match no weighted module of the towers {spec.towers} "
+                     f"(e.g. {', '.join(modules[:4])}); `rig sites` lists the module names")
+        if getattr(pre.readout, "target", None) is None:
+            pre.fail(("behaviour",), "weight lesions measure the probability of a target: set [behaviour] target")
+
+    def run(self, ctx: StepContext, spec: WeightLesionsSettings) -> None:
         from ..errors import SiteError
         from ..lesions import weight_lesions, weighted_modules
         from ..lesions.figures import weight_lesion_figure
