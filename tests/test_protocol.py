@@ -140,3 +140,28 @@ def test_json_schema_describes_the_sections():
     schema = json_schema()
     json.dumps(schema)
     assert {"subject", "stimuli", "record", "analyse", "perturb"} <= set(schema["properties"])
+
+
+def test_range_floors_like_the_lesion_grid():
+    """step 0.35 from 0 to 1 gives [0, .35, .7] (rounding the count gave 1.05, which the protocol then rejected)."""
+    from rig.lesions import proportion_grid
+
+    assert Range(start=0, stop=1, step=0.35).values() == [0.0, 0.35, 0.7]
+    assert Range(start=0, stop=1, step=0.35).values() == proportion_grid(0, 1, 0.35).tolist()
+    p = parse_protocol(GOOD.replace("step = 0.25", "step = 0.35"))
+    assert p.perturb[0].proportions.values() == [0.0, 0.35, 0.7]
+
+
+def test_step_keys_come_from_the_steps_own_schema():
+    """A typo inside a step lists that step's keys (not the first step type's), with did-you-mean."""
+    text = GOOD.replace("[[perturb]]", '[[analyse]]\ntype = "spatial_scores"\nshufles = 10\n\n[[perturb]]')
+    with pytest.raises(ProtocolError) as e:
+        parse_protocol(text, "t.toml")
+    msg = str(e.value)
+    assert "analyse.1.shufles: unknown key; did you mean 'shuffles'?" in msg and "alpha" in msg and "bins" not in msg
+
+
+def test_a_step_that_needs_another_says_so():
+    text = GOOD.replace('[[analyse]]\ntype = "ratemaps"\nbins = 8\n', '[[analyse]]\ntype = "spatial_scores"\n')
+    with pytest.raises(ProtocolError, match="analyse.0: spatial_scores needs a ratemaps step before it"):
+        parse_protocol(text.split("[[perturb]]")[0])

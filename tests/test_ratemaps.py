@@ -187,3 +187,16 @@ def test_regress_out_errors():
         ratemaps(da, regress_out=["shape"])
     with pytest.raises(AnalysisInputError, match="shape"):
         ratemaps(da, regress_out=[d[:10]])
+
+
+def test_extent_forms():
+    """(lo, hi) for both axes and (x0, x1, y0, y1) give the same maps; anything else is a clear error."""
+    rng = np.random.default_rng(0)
+    resp = xr.DataArray(rng.normal(size=(200, 3)), dims=("stimulus", "unit"),
+                        coords={"x": ("stimulus", rng.uniform(0, 100, 200)), "y": ("stimulus", rng.uniform(0, 100, 200))})
+    a = ratemaps(resp, bins=5, extent=(0, 100))
+    b = ratemaps(resp, bins=5, extent=(0, 100, 0, 100))
+    xr.testing.assert_identical(a, b)
+    for bad in [(0, 100, 5), (100, 0), "0-100", (0, np.nan)]:
+        with pytest.raises(AnalysisInputError, match="extent"):
+            ratemaps(resp, bins=5, extent=bad)

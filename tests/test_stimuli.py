@@ -1,4 +1,6 @@
 """Stimulus generators: parameters, rendering (coverage, anti-aliasing), reproducibility, errors."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,56 @@ def test_figures():
     assert len(stimuli.contact_sheet(s, n=12).axes) >= 12
     axes = stimuli.overview(s, batch_size=8).axes  # centres, mean image, and the colour bar of the diameter
     assert len(axes) == 3 and axes[2].get_ylabel() == "diameter (px)"
+
+
+def test_registries_are_open_and_say_what_they_know():
+    from stimuli import UnknownNameError, generators, is_generator, list_generators, register_generator
+
+    assert {"circles", "shapes"} <= set(list_generators()) and is_generator("circles")
+    with pytest.raises(UnknownNameError, match="did you mean 'circles'"):
+        generators.lookup("circels")
+    register_generator("more_circles", stimuli.circles)
+    try:
+        assert stimuli.make("more_circles", n=3).params.sizes["stimulus"] == 3
+        with pytest.raises(ValueError, match="already registered"):
+            register_generator("more_circles", stimuli.shapes)
+    finally:
+        generators.unregister("more_circles")
+    assert not is_generator("more_circles")
+
+
+def test_extras_figures_and_file_hashes(tmp_path):
+    """A set may carry per-stimulus extras (rendered with the images), ask for its figures, and render from files
+    whose bytes enter its hash."""
+    import xarray as xr
+
+    from stimuli import StimulusSet, figures_for, register_renderer, renderers
+
+    files = [tmp_path / f"{i}.txt" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_text(str(i))
+
+    @register_renderer("test_masked")
+    def render(params):
+        level = np.asarray([float(Path(params.attrs["root"], f).read_text()) for f in params["file"].values])
+        img = np.broadcast_to(level[:, None, None, None] / 3, (len(level), 3, 4, 4)).astype(np.float32)
+        return {"image": img, "mask": np.broadcast_to(level[:, None, None] > 0, (len(level), 4, 4)).astype(int)}
+
+    try:
+        params = xr.Dataset(coords={"stimulus": np.arange(3), "file": ("stimulus", [f.name for f in files])},
+                            attrs={"generator": "test", "renderer": "test_masked", "canvas": 4, "seed": 0,
+                                   "files": "file", "root": str(tmp_path), "extras": '["mask"]',
+                                   "figures": '["contact_sheet"]'})
+        s = StimulusSet(params)
+        images, extras = s.render_with_extras([1, 2])
+        assert images.shape == (2, 3, 4, 4) and s.extras == ["mask"] and extras["mask"].shape == (2, 4, 4)
+        assert [e[2]["mask"].shape for e in s.batches(2, extras=True)] == [(2, 4, 4), (1, 4, 4)]
+        assert list(figures_for(s)) == ["contact_sheet"]      # asked for; the overview needs x, y anyway
+        h = s.content_hash()
+        files[2].write_text("1")                               # same parameters, other image file
+        assert s.content_hash() != h
+        files[2].unlink()
+        with pytest.raises(stimuli.StimulusError, match="cannot be read"):
+            s.content_hash()
+    finally:
+        renderers.unregister("test_masked")
