@@ -15,7 +15,8 @@ _EXPORTS = {
     "run": "session", "resume": "session", "open_session": "session", "Session": "session",
     "Archive": "archive", "Protocol": "protocol", "load_protocol": "protocol",
     "RigError": "errors", "ProtocolError": "errors", "SubjectError": "errors", "SiteError": "errors",
-    "load_subject": "subjects",
+    "load_subject": "subjects", "open_recording": "dims",
+    "register_step": "steps", "list_steps": "steps", "register_source": "sources", "list_sources": "sources",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -24,3 +25,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'rig' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -156,8 +156,11 @@ def make_readout(subject: Subject, spec: ReadoutSpec | Mapping[str, Any] | Any) 
         readout = Readout(subject, "classifier", labels, top_k=spec.top_k)
     if spec.target is not None:
         if spec.target not in readout.labels:
-            raise RigError(f"behaviour target {spec.target!r} is not among the choices "
-                           f"{readout.labels[:5]}{' ...' if len(readout.labels) > 5 else ''}; pick one of them")
+            from stimuli.registry import did_you_mean
+
+            raise RigError(f"behaviour target {spec.target!r} is not among the choices"
+                           f"{did_you_mean(spec.target, readout.labels)} ({', '.join(readout.labels[:5])}"
+                           f"{f', ... {len(readout.labels)} in all' if len(readout.labels) > 5 else ''})")
         readout.target = readout.labels.index(spec.target)
     return readout
 

@@ -146,29 +146,47 @@ def cmd_sites(args: argparse.Namespace) -> int:
     from .subjects import load_subject
 
     spec = _subject_spec(args.subject)
-    subject = load_subject(**spec)
+    try:
+        subject = load_subject(**spec)
+    except Exception as e:  # noqa: BLE001  (re-raised, with a hint for bare names)
+        raise cmd_sites_error(args.subject, e) from None
     infos = catalogue(subject)
     if args.match:
-        from fnmatch import fnmatchcase
+        from stimuli.registry import glob_match
 
-        infos = [i for i in infos if fnmatchcase(i.name, args.match)]
+        infos = [i for i in infos if glob_match([i.name], args.match)]
     print(format_catalogue(infos))
     return 0
 
 
 def _subject_spec(text: str) -> dict:
+    """`[subject]` settings from a protocol file, or from `SOURCE:ARCH` (a bare name means an open_clip arch)."""
+    from .errors import RigError
+    from .sources import sources
+
     if text.endswith(".toml") or Path(text).is_file():
         from .protocol import load_protocol
 
         return load_protocol(text).subject.kwargs()
-    source, _, rest = text.partition(":")
-    if source == "phantom":
-        return {"source": "phantom"}
+    source, sep, rest = text.partition(":")
+    if not sep:
+        source, rest = ("phantom", "") if text == "phantom" else ("open_clip", text)
+    if source not in sources:
+        raise RigError(f"unknown subject source {source!r} in {text!r}; write SOURCE:ARCH with SOURCE one of "
+                       f"{', '.join(sources)} (e.g. torchvision:resnet18, timm:resnet18, open_clip:ViT-B-32)")
     if source == "factory":
         return {"source": "factory", "factory": rest}
-    if source in ("open_clip", "timm", "torchvision"):
-        return {"source": source, "arch": rest}
-    return {"source": "open_clip", "arch": text}
+    return {"source": source, "arch": rest or None}
+
+
+def cmd_sites_error(text: str, error: Exception) -> Exception:
+    """A `rig sites` error that names the other sources when a bare name is not an open_clip model."""
+    from .errors import SubjectError
+
+    if isinstance(error, SubjectError) and ":" not in text and not text.endswith(".toml"):
+        return SubjectError(f"{error}; for other libraries write torchvision:{text}, timm:{text} or factory:"
+                            "package.module:callable")
+    return error
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

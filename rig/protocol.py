@@ -75,6 +75,24 @@ class StimuliSpec(BaseModel):
     n: int = Field(300, description="number of stimuli", gt=0)
     seed: int = Field(0, description="the one seed for every random choice of the design")
 
+    @model_validator(mode="after")
+    def _generator_defaults(self) -> "StimuliSpec":
+        """Fill in the generator's own defaults, so the resolved protocol says every setting of the design."""
+        import inspect
+
+        from stimuli.catalog import generators
+
+        fn = generators.get(self.generator)
+        if fn is not None:
+            for name, p in inspect.signature(fn).parameters.items():
+                if name not in self.model_fields_set and name not in (self.model_extra or {}) \
+                        and name not in type(self).model_fields and p.default is not inspect.Parameter.empty \
+                        and name != "generator":
+                    default = list(p.default) if isinstance(p.default, tuple) else p.default
+                    if default is None or isinstance(default, (bool, int, float, str, list)):
+                        setattr(self, name, default)
+        return self
+
     def params(self) -> dict[str, Any]:
         """Keyword arguments for the generator."""
         return {k: v for k, v in self.model_dump().items() if k != "generator"}
@@ -89,13 +107,18 @@ class RecordSpec(Strict):
 
 
 class BehaviourSpec(Strict):
-    prompts: list[str] | None = Field(None, description="zero-shot prompts (CLIP subjects)")
-    target: str | None = Field(None, description="the prompt that is the correct answer")
+    """The network's answer per stimulus. CLIP subjects: zero-shot over `prompts`. Classifiers: a softmax over
+    all their classes (`top_k` keeps the k best per stimulus), or over the classes named in `prompts`;
+    `target` is the correct answer: one of the prompts, or a class name (e.g. "tench" for ImageNet models)."""
+
+    prompts: list[str] | None = Field(None, description="zero-shot prompts (CLIP subjects), or class names of "
+                                      "a classifier to choose among")
+    target: str | None = Field(None, description="the correct answer: one of the prompts, or a class name")
     top_k: int | None = Field(None, gt=0, description="classifiers: keep the top-k class probabilities")
 
     @model_validator(mode="after")
     def _target_in_prompts(self) -> "BehaviourSpec":
-        if self.target is not None and (not self.prompts or self.target not in self.prompts):
+        if self.target is not None and self.prompts and self.target not in self.prompts:
             raise ValueError(f"target {self.target!r} must be one of the prompts {self.prompts}")
         return self
 
@@ -226,28 +249,46 @@ def parse_protocol(text: str, source: str = "<protocol>", overrides: list[str] |
         raise ProtocolError(f"{source}:{line}: malformed TOML: {msg}") from None
     for item in overrides or []:
         _apply_override(data, item, source)
-    return validate_protocol(data, source=source, text=text)
+    return validate_protocol(data, source=source, text=text, overrides=overrides)
 
 
-def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: str = "") -> Protocol:
-    """Validate already-parsed protocol data (also the resolved JSON of a session)."""
-    lines = _key_lines(text)
+class _Where:
+    """Where a key path of a protocol is written: `file:line`, or `file --set key=value` for a key that an
+    override set (the file's line would be the wrong place to look)."""
+
+    def __init__(self, source: str, text: str = "", overrides: list[str] | None = None):
+        self.source, self.lines = source, _key_lines(text)
+        self.overrides = {tuple(int(p) if p.isdigit() else p for p in item.split("=", 1)[0].strip().split(".")): item
+                          for item in overrides or [] if "=" in item}
+
+    def __call__(self, loc: tuple) -> str:
+        loc = tuple(loc)
+        for path, item in self.overrides.items():
+            if loc[:len(path)] == path:
+                return f"{self.source} --set {item}"
+        return f"{self.source}:{_line_for(loc, self.lines)}"
+
+
+def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: str = "",
+                      overrides: list[str] | None = None) -> Protocol:
+    """Validate already-parsed protocol data (also the resolved JSON of a session); `text` (the TOML) and the
+    `overrides` applied to it locate each mistake."""
+    where = _Where(source, text, overrides)
     try:
         protocol = protocol_model().model_validate(data)
     except ValidationError as e:
-        raise ProtocolError("\n".join(_format_error(err, data, source, lines) for err in e.errors())) from None
-    _check_stimuli(protocol, source, lines)
+        raise ProtocolError("\n".join(_format_error(err, data, where) for err in e.errors())) from None
+    _check_stimuli(protocol, where)
     if protocol.compare is not None:
         try:
             protocol.compared("")
         except ProtocolError as e:
             first = re.sub(r"^ \[compare\]:[^:]*: ", "", str(e).splitlines()[0])
-            where_ = f"{source}:{_line_for(('compare', 'overrides'), lines)}"
-            raise ProtocolError(f"{where_}: compare.overrides: {first}") from None
+            raise ProtocolError(f"{where(('compare', 'overrides'))}: compare.overrides: {first}") from None
     return protocol
 
 
-def _check_stimuli(protocol: Protocol, source: str, lines: dict[tuple, int]) -> None:
+def _check_stimuli(protocol: Protocol, at: _Where) -> None:
     """Check the generator's parameters by name and by building the (cheap) parameter table."""
     import inspect
 
@@ -255,7 +296,7 @@ def _check_stimuli(protocol: Protocol, source: str, lines: dict[tuple, int]) -> 
     from stimuli.catalog import generators, make
 
     spec = protocol.stimuli
-    where = lambda key: f"{source}:{_line_for(('stimuli', key) if key else ('stimuli',), lines)}"  # noqa: E731
+    where = lambda key: at(("stimuli", key) if key else ("stimuli",))  # noqa: E731
     gen = generators.get(spec.generator)
     if gen is None:
         known = list(generators)
@@ -297,10 +338,9 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
             node = node[part] if isinstance(node, list) else node.setdefault(part, {})
 
 
-def _format_error(err: dict[str, Any], data: dict[str, Any], source: str, lines: dict[tuple, int]) -> str:
+def _format_error(err: dict[str, Any], data: dict[str, Any], where: _Where) -> str:
     loc = _data_loc(err["loc"], data)
     dotted = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_for(loc, lines)
     kind = err["type"]
     if kind == "extra_forbidden":
         choices = _fields_at(loc[:-1], data)
@@ -318,7 +358,7 @@ def _format_error(err: dict[str, Any], data: dict[str, Any], source: str, lines:
         msg = err["msg"].removeprefix("Value error, ")
         if "input" in err and kind not in ("model_type",) and not isinstance(err["input"], (dict, list)):
             msg += f", got {err['input']!r}"
-    return f"{source}:{line}: {dotted}: {msg}"
+    return f"{where(loc)}: {dotted}: {msg}"
 
 
 def _data_loc(loc: tuple, data: Any) -> tuple:
