@@ -33,8 +33,9 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:12.5px}code{font-siz
 .status{display:inline-block;padding:.05em .55em;border-radius:.8em;font-weight:600;color:#fff;background:#888}
 .completed{background:#2e7d32}.failed{background:#c62828}.running{background:#1565c0}
 .stale{background:#ef6c00}.interrupted{background:#6d4c41}.done{background:#2e7d32}.pending{background:#9e9e9e}
-figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:12px;color:#555}.muted{color:#777}
+h3{font-size:1.05em;margin-top:1.2em}
+figure{display:block;margin:.8em 0 1.4em}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:13px;color:#333;max-width:60em}.muted{color:#777}
 """
 
 
@@ -90,14 +91,31 @@ def _page(title: str, body: str, refresh_s: int | None = None) -> str:
     )
 
 
-def _figure(info: SessionInfo, relpath: str, embed: bool) -> str:
+def _figure(info: SessionInfo, relpath: str, embed: bool, caption: str = "") -> str:
     if embed:
         data = base64.b64encode((info.path / relpath).read_bytes()).decode("ascii")
         src = f"data:image/png;base64,{data}"
     else:
         src = _href(relpath)
     name = escape(Path(relpath).stem)
-    return f'<figure><img src="{src}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+    text = f"{escape(caption)} <span class=\"muted\">({name})</span>" if caption else name
+    return f'<figure><img src="{src}" alt="{name}"><figcaption>{text}</figcaption></figure>'
+
+
+def _figures_by_step(info: SessionInfo, figures: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The session's figures grouped by the step that drew them, in the order the steps ran, each with its
+    caption; figures no step claims (folders written before captions existed) come last, by name."""
+    present, claimed, groups = set(figures), set(), []
+    for key, step in info.steps.items():
+        captions = step.get("figures") or {}
+        own = [p for p in (step.get("outputs") or []) if p in present and p not in claimed]
+        if own:
+            claimed.update(own)
+            groups.append((key, [(p, str(captions.get(p) or "")) for p in own]))
+    rest = [(p, "") for p in figures if p not in claimed]
+    if rest:
+        groups.append(("other figures", rest))
+    return groups
 
 
 def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool | None = None) -> str:
@@ -139,7 +157,9 @@ def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool
     ))
     if figures:
         parts.append("<h2>Figures</h2>")
-        parts.append("".join(_figure(info, p, embed) for p in figures))
+        for key, group in _figures_by_step(info, figures):
+            parts.append(f"<h3>{escape(key)}</h3>")
+            parts.append("".join(_figure(info, p, embed, caption) for p, caption in group))
     parts.append("<h2>Protocol</h2>")
     parts.append(f"<pre>{escape(protocol_toml)}</pre>" if protocol_toml else "<p class=\"muted\">no protocol.toml</p>")
     parts.append("<h2>Resolved settings</h2>")

@@ -302,9 +302,10 @@ class Runner:
                     log.info("step %s started", key)
                     self._say(f"[{number}/{len(keys)}] {key} ...")
                     t0 = time.perf_counter()
-                    outputs = run_step(ctx, planned)
+                    done = run_step(ctx, planned)
                     seconds = round(time.perf_counter() - t0, 3)
-                    self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=outputs)
+                    self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=done.outputs,
+                               figures=done.captions)
                     log.info("step %s done in %.1f s", key, seconds)
                     self._say(f"[{number}/{len(keys)}] {key} done in {seconds:.1f} s")
                     current = None

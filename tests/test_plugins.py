@@ -44,7 +44,8 @@ def plugin_env(tmp_path_factory):
     assert out.returncode == 0, out.stderr
     assert list(target.glob("rig_demo_plugin-*.dist-info/entry_points.txt"))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target), *filter(None, [env.get("PYTHONPATH")])])
+    # the checkout under test first (not whichever checkout `pip install -e` pointed at), then the plugin
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN.parents[1]), str(target), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 

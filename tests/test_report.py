@@ -72,7 +72,7 @@ def test_session_report_escapes_everything_a_user_wrote(evil_session: Path) -> N
     # the decoded text shows the strings verbatim: protocol file, description, error, headline, settings
     assert 'name = "<script>alert(\\"x\\")</script>' in text  # the TOML, verbatim
     assert text.count(EVIL) >= 5
-    assert set(page.tags) <= {"html", "head", "meta", "title", "style", "body", "p", "a", "h1", "h2", "span",
+    assert set(page.tags) <= {"html", "head", "meta", "title", "style", "body", "p", "a", "h1", "h2", "h3", "span",
                               "code", "table", "thead", "tbody", "tr", "th", "td", "pre", "strong", "figure",
                               "img", "figcaption"}
     assert not list(evil_session.glob("*.partial"))

@@ -133,6 +133,17 @@ def test_copied_session_still_opens_and_reports(archive, tmp_path):
     assert "<b>&</b>" not in html and "&lt;b&gt;&amp;&lt;/b&gt;" in html
 
 
+def test_report_shows_figures_in_step_order_with_captions(archive):
+    _, a, _ = archive
+    html = (a.path / "report.html").read_text()
+    figures = html[html.index("<h2>Figures</h2>"):html.index("<h2>Protocol</h2>")]
+    headings = [h.split("</h3>")[0] for h in figures.split("<h3>")[1:]]
+    assert headings == ["design", "analyse/spatial_scores", "perturb/unit_lesions"]
+    steps = json.loads((a.path / "session.json").read_text())["steps"]
+    caption = steps["perturb/unit_lesions"]["figures"]["figures/unit_lesions.png"]
+    assert "silenced" in caption and caption in figures
+
+
 def _start(proto: Path, root: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rig.cli", "run", str(proto), "--archive", str(root), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,11 +10,12 @@ from .base import (LIST_SECTIONS, SECTIONS, Needs, PlannedStep, Preflight, Share
                    Strict, get_step, is_step, list_steps, plan, register_step, steps)
 
 
-def run_step(ctx: StepContext, planned: PlannedStep) -> list[str]:
-    """Run one planned step in a context of its own; returns the files it wrote (relative to the folder)."""
+def run_step(ctx: StepContext, planned: PlannedStep) -> StepContext:
+    """Run one planned step in a context of its own; returns that context (`outputs`: the files it wrote,
+    relative to the folder; `captions`: figure -> caption)."""
     step_ctx = ctx.for_step(planned)
     planned.step.run(step_ctx, planned.spec)
-    return step_ctx.outputs
+    return step_ctx
 
 
 __all__ = ["LIST_SECTIONS", "SECTIONS", "Needs", "PlannedStep", "Preflight", "Shared", "Step", "StepContext",

@@ -219,11 +219,12 @@ class StepContext:
     shared: Shared = field(default_factory=Shared)
     planned: PlannedStep | None = None
     outputs: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)
     nested_session: Callable[..., Any] | None = None  # (protocol, archive) -> Session, for [compare]
 
     def for_step(self, planned: PlannedStep) -> "StepContext":
         """The context of one step (same shared objects and headline, its own outputs)."""
-        return replace(self, planned=planned, outputs=[])
+        return replace(self, planned=planned, outputs=[], captions={})
 
     @property
     def folder(self) -> Path:
@@ -302,9 +303,13 @@ class StepContext:
     def write_dataset(self, path: Path, ds: Any) -> Path:
         return self._out(self.layout.write_dataset(path, ds))
 
-    def write_figure(self, name: str, fig: Any, dpi: int = 110) -> Path:
-        """Save a matplotlib figure as `figures/<name>.png` (atomically) and count it as an output."""
-        return self._out(self.layout.write_figure(name, fig, dpi=dpi))
+    def write_figure(self, name: str, fig: Any, caption: str = "", dpi: int = 110) -> Path:
+        """Save a matplotlib figure as `figures/<name>.png` (atomically) and count it as an output. `caption`:
+        a sentence or two a reader of the report needs (what is plotted, units, what a band or line means);
+        the report shows it under the figure, in the order the steps ran."""
+        path = self._out(self.layout.write_figure(name, fig, dpi=dpi))
+        self.captions[self.layout.relative(path)] = caption
+        return path
 
     def wrote(self, path: Path) -> Path:
         """Count a file written by other means (e.g. the recorder) as an output of this step."""

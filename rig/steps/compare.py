@@ -32,7 +32,8 @@ class Compare(Step):
             with xr.open_dataset(mine_path) as a, xr.open_dataset(theirs_path) as b:
                 fig = planned.step.compare_figure(a, b, (mine, label))
                 if fig is not None:
-                    ctx.write_figure(f"compare_{planned.name}", fig)
+                    ctx.write_figure(f"compare_{planned.name}", fig,
+                                     caption=f"{planned.name}: this session ({mine}) beside {label}.")
         for key, value in other.info.get("headline", {}).items():
             ctx.headline[f"compare: {key}"] = value
         ctx.headline["compare: session"] = f"compare/{other.id}"

@@ -27,4 +27,4 @@ class Design(Step):
         ctx.layout.update_provenance(stimulus_hash=stim.content_hash())
         ctx.headline["stimuli"] = len(stim)
         for name, figure in stimuli.figures_for(stim).items():
-            ctx.write_figure(f"stimuli_{name}", figure.draw(stim))
+            ctx.write_figure(f"stimuli_{name}", figure.draw(stim), caption=figure.caption)

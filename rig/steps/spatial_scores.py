@@ -70,9 +70,13 @@ class SpatialScores(Step):
         short = {s: short_site(s) for s in maps_flat}
         ctx.write_figure(f"{spec.key}_top_units", analyses.top_units_figure(
             {short[s]: m for s, m in maps_flat.items()}, {short[s]: v for s, v in scores_flat.items()},
-            k=spec.top_k, title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score"))
+            k=spec.top_k, title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score"),
+            caption=f"For each site (rows), the ratemaps of the {spec.top_k} units with the highest spatial "
+                    "information, grid score and border score: the mean response per stimulus position "
+                    "(blank = unvisited bin).")
         ctx.write_figure(f"{spec.key}_distributions",
-                         analyses.score_distributions({short[s]: v for s, v in scores_flat.items()}))
+                         analyses.score_distributions({short[s]: v for s, v in scores_flat.items()}),
+                         caption="The distribution of each score over the units of every site.")
         if "class" in result:
             labels, counts = np.unique(result["class"].values.astype(str), return_counts=True)
             for label, count in zip(labels, counts):

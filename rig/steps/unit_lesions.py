@@ -79,5 +79,7 @@ class UnitLesions(Step):
                 half = ds["mean"].sel(strategy=strategy).interp(proportion=0.5)
                 ctx.headline[f"{spec.key}: {strategy} @ 50%"] = round(float(half), 3)
         ctx.write_result(ds)
-        ctx.write_figure(spec.key, unit_lesion_figure(ds))
+        ctx.write_figure(spec.key, unit_lesion_figure(ds),
+                         caption=f"Behaviour (mean probability of the target answer) as a growing proportion of the "
+                                 f"units of {spec.site} is silenced, per strategy.")
         ctx.finish_scratch()

@@ -68,5 +68,7 @@ class WeightLesions(Step):
         ctx.headline[f"{spec.key}: baseline"] = round(float(ds["baseline_mean"]), 3)
         ctx.headline[f"{spec.key}: worst module"] = f"{ds['module'].values[worst]} ({float(ds['mean'][worst]):.3f})"
         ctx.write_result(ds)
-        ctx.write_figure(spec.key, weight_lesion_figure(ds))
+        ctx.write_figure(spec.key, weight_lesion_figure(ds),
+                         caption="Behaviour (mean probability of the target answer) with each module's weights "
+                                 "zeroed in turn, against the intact network (line).")
         ctx.finish_scratch()
