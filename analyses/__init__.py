@@ -1,19 +1,21 @@
 """Analyses: pure functions on numpy / xarray (no torch, no `rig`), vectorised over units.
 
 Ratemaps and the scores neuroscience uses for spatially selective cells (spatial information, grid score,
-border score), per-unit shuffle nulls, and their figures.
+border score), per-unit shuffle nulls, and their figures; offline saliency models.
 """
 from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
 from .nulls import classify, spatial_nulls
 from .ratemaps import AnalysisInputError, rate_transform, ratemaps, smooth_maps
 from .spatial import (autocorrelogram, border_fields, border_score, grid_score, selectivity, sparsity,
                       spatial_information, spatial_stats)
+from .saliency import DeepGazeIIE, itti_koch, saliency_model, spectral_residual
 from .segmentation import (downsample_masks, miou_figure, ncut_colors, ncut_image_figure, oracle_miou,
                            oracle_segmentation, spectral_embedding, trajectory_figure)
 from .spatial_figures import compare_preparations, score_distributions, top_units_figure
 from .spectral import affinity, farthest_point_sampling, ncut, nystrom_ncut, unstack_nodes
 
-__all__ = ["AnalysisInputError", "ChannelAlignment", "affinity", "brain_alignment", "cca_alignment",
+__all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "itti_koch", "saliency_model",
+           "spectral_residual", "affinity", "brain_alignment", "cca_alignment",
            "downsample_masks", "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
            "nystrom_ncut", "oracle_miou", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
            "trajectory_figure", "unstack_nodes", "autocorrelogram", "border_fields", "border_score", "classify",
