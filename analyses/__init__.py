@@ -1,20 +1,25 @@
 """Analyses: pure functions on numpy / xarray (no torch, no `rig`), vectorised over units.
 
 Ratemaps and the scores neuroscience uses for spatially selective cells (spatial information, grid score,
-border score), per-unit shuffle nulls, and their figures; offline saliency models.
+border score), per-unit shuffle nulls, and their figures; offline saliency models; RDMs and RSA.
 """
 from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
 from .nulls import classify, spatial_nulls
 from .ratemaps import AnalysisInputError, rate_transform, ratemaps, smooth_maps
 from .spatial import (autocorrelogram, border_fields, border_score, grid_score, selectivity, sparsity,
                       spatial_information, spatial_stats)
+from .brain import load_brain, model_brain_rsa, noise_ceiling
+from .rsa import bootstrap_compare, compare_rdms, delta_rsa, rdm
+from .rsa_figures import brain_rsa_figure, delta_rsa_figure, rsa_curves
 from .saliency import DeepGazeIIE, itti_koch, saliency_model, spectral_residual
 from .segmentation import (downsample_masks, miou_figure, ncut_colors, ncut_image_figure, oracle_miou,
                            oracle_segmentation, spectral_embedding, trajectory_figure)
 from .spatial_figures import compare_preparations, score_distributions, top_units_figure
 from .spectral import affinity, farthest_point_sampling, ncut, nystrom_ncut, unstack_nodes
 
-__all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "itti_koch", "saliency_model",
+__all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "bootstrap_compare", "compare_rdms", "delta_rsa",
+           "rdm", "load_brain", "model_brain_rsa", "noise_ceiling", "rsa_curves", "delta_rsa_figure",
+           "brain_rsa_figure", "itti_koch", "saliency_model",
            "spectral_residual", "affinity", "brain_alignment", "cca_alignment",
            "downsample_masks", "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
            "nystrom_ncut", "oracle_miou", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",

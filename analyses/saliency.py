@@ -80,7 +80,11 @@ def _per_batch(fn: Callable[[np.ndarray], np.ndarray], image: Any, batch_size: i
     images, batched = as_images(image)
     if int(batch_size) != batch_size or batch_size < 1:
         raise AnalysisInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    out = np.concatenate([fn(images[i:i + batch_size]) for i in range(0, len(images), int(batch_size))])
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # small matrix products: threads only add overhead (and spin
+        out = np.concatenate([fn(images[i:i + batch_size])  # when the machine is busy)
+                              for i in range(0, len(images), int(batch_size))])
     return out if batched else out[0]
 
 

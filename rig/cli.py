@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject", help="protocol file, or SOURCE:ARCH (e.g. open_clip:ViT-B-32, timm:resnet18, "
                    "torchvision:resnet18, phantom, factory:package.module:callable)")
     p.add_argument("--match", help="only sites matching this glob")
+    p.add_argument("--types", help="only sites of these module types, comma-separated (e.g. Conv2d,LayerNorm)")
     p.set_defaults(handler=cmd_sites)
 
     p = sub.add_parser("compare", help="two sessions' spatial scores side by side (e.g. trained vs random weights)")
@@ -151,11 +152,20 @@ def cmd_sites(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001  (re-raised, with a hint for bare names)
         raise cmd_sites_error(args.subject, e) from None
     infos = catalogue(subject)
-    if args.match:
-        from stimuli.registry import glob_match
+    if args.match or args.types:
+        from .sites import select_sites
 
-        infos = [i for i in infos if glob_match([i.name], args.match)]
+        chosen = select_sites(subject, {"names": [args.match or "*"],
+                                        "types": [t.strip() for t in (args.types or "").split(",") if t.strip()]}, infos)
+        infos = [i for i in infos if i.name in chosen]
     print(format_catalogue(infos))
+    print(f"{len(infos)} sites")
+    if args.subject.endswith(".toml") and not (args.match or args.types):
+        from .protocol import load_protocol
+        from .sites import select_sites
+
+        chosen = select_sites(subject, load_protocol(args.subject).record.sites, infos)
+        print(f"{len(chosen)} selected by [record] sites of {args.subject}")
     return 0
 
 

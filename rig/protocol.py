@@ -98,8 +98,23 @@ class StimuliSpec(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k != "generator"}
 
 
+class SiteSelection(Strict):
+    """Sites chosen by module type (the study's whole-network sweeps), optionally within name globs."""
+
+    types: list[str] = Field(..., min_length=1, description="module class names, e.g. ['Conv2d', 'LayerNorm']")
+    names: list[str] = Field(["*"], min_length=1, description="globs over the module names")
+
+
 class RecordSpec(Strict):
-    sites: list[str] = Field(..., min_length=1, description="globs over the subject's module names")
+    sites: list[str] | SiteSelection = Field(..., description="globs over the subject's module names, or "
+                                             "{ types = ['Conv2d', 'LayerNorm'], names = [globs] }")
+
+    @field_validator("sites")
+    @classmethod
+    def _some_sites(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one site glob, or { types = [...] }")
+        return value
     tokens: Literal["cls", "patches", "all"] | list[int] = Field("cls", description="tokens of transformer sites")
     dtype: Literal["float32", "int16"] = Field("float32", description="storage type; int16 = packed, half size")
     batch_size: int = Field(32, gt=0)

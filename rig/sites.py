@@ -184,12 +184,18 @@ def _subject_grid(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def select_sites(subject: Any, patterns: str | Sequence[str], infos: list[SiteInfo] | None = None) -> list[str]:
+def select_sites(subject: Any, patterns: Any, infos: list[SiteInfo] | None = None) -> list[str]:
     """Site names matching any of the fnmatch `patterns`, in model order (each name once).
 
-    A pattern that matches no recordable site raises `SiteError` naming the nearest site names.
-    `infos` (from `catalogue`) avoids a second probe when the caller already has it.
+    `patterns`: a glob, a list of globs, or a selection by module type `{"types": ["Conv2d", "LayerNorm"],
+    "names": [globs, default "*"]}` (a protocol's `sites = { types = [...] }`: every recordable site whose module
+    class is one of `types` and whose name matches one of `names`). A pattern or type that matches no recordable
+    site raises `SiteError` naming the nearest. `infos` (from `catalogue`) avoids a second probe.
     """
+    if hasattr(patterns, "model_dump"):
+        patterns = patterns.model_dump()
+    if isinstance(patterns, dict):
+        return _select_by_type(subject, patterns, infos)
     if isinstance(patterns, str):
         patterns = [patterns]
     names = [i.name for i in (infos if infos is not None else catalogue(subject))]
@@ -198,6 +204,25 @@ def select_sites(subject: Any, patterns: str | Sequence[str], infos: list[SiteIn
             raise SiteError(f"site pattern {pattern!r} matches no site; nearest: {', '.join(_nearest(pattern, names))}"
                             " (list them with `rig sites MODEL`)")
     return glob_match(names, patterns)
+
+
+def _select_by_type(subject: Any, selection: dict, infos: list[SiteInfo] | None) -> list[str]:
+    infos = infos if infos is not None else catalogue(subject)
+    unknown = set(selection) - {"names", "types"}
+    if unknown:
+        raise SiteError(f"a site selection takes names and types, not {sorted(unknown)}")
+    names = select_sites(subject, selection.get("names") or ["*"], infos)
+    types = list(selection.get("types") or [])
+    present = sorted({i.type for i in infos})
+    for t in types:
+        if t not in present:
+            near = difflib.get_close_matches(t, present, n=3)
+            raise SiteError(f"no recordable site is a {t!r} module{'; did you mean ' + ', '.join(near) + '?' if near else ''}"
+                            f" (module types here: {', '.join(present)})")
+    chosen = [i.name for i in infos if i.name in set(names) and (not types or i.type in types)]
+    if not chosen:
+        raise SiteError(f"no site matches names {selection.get('names')} with types {types}")
+    return chosen
 
 
 def _nearest(pattern: str, names: list[str], n: int = 3) -> list[str]:

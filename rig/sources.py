@@ -66,3 +66,5 @@ register_source("factory", "rig.subjects:build_factory",
                 description="your own torch module: factory = 'package.module:callable'")
 register_source("phantom", "rig.subjects:build_phantom",
                 description="the planted-truth phantom (place, grid, border and untuned cells)")
+register_source("planted_rsa", "rig.planted_rsa:build",
+                description="planted-truth subjects of the scenes study: encode only saliency, only semantics, or both")

@@ -7,7 +7,8 @@ from typing import Any, Callable
 from .registry import Registry, UnknownNameError
 
 #: generator name (as written in protocol files) -> function(**params) -> StimulusSet
-generators: Registry[Callable[..., Any]] = Registry("stimulus generator", "rig.generators", builtin=("stimuli.geometry",))
+generators: Registry[Callable[..., Any]] = Registry("stimulus generator", "rig.generators", builtin=("stimuli.geometry", "stimuli.scenes",
+                                                                                                     "stimuli.folder"))
 GENERATORS = generators  # the name of earlier versions
 
 
