@@ -220,7 +220,7 @@ def _design(pool_ds: xr.Dataset, s: dict, root: Path | None) -> xr.Dataset:
                 cands = []
                 for d in order[start:start + 4]:
                     edge = EDGES[rng.integers(4)]
-                    box = _paste_box(edge, rng.random(), canvas, side, _aspect(probe, int(d), root))
+                    box = _paste_box(edge, rng.random(), canvas, side)
                     cands.append((int(d), edge, box))
                 pasted = np.stack([_paste(base_img, _render_pool(probe, [d], canvas)[0][0], box)
                                    for d, _, box in cands])
@@ -267,10 +267,10 @@ def _design(pool_ds: xr.Dataset, s: dict, root: Path | None) -> xr.Dataset:
     return params
 
 
-def _paste_box(edge: str, u: float, canvas: int, side: float, aspect: float) -> tuple[int, int, int, int]:
-    """(x0, y0, w, h) of a distractor of area side^2 and aspect w/h flush with `edge`, at fraction u along it."""
-    w = int(np.clip(round(side * np.sqrt(aspect)), 1, canvas))
-    h = int(np.clip(round(side / np.sqrt(aspect)), 1, canvas))
+def _paste_box(edge: str, u: float, canvas: int, side: float) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) of a square distractor of side `side` (every image is squared when loaded, so keeping the
+    aspect keeps it square) flush with `edge`, at fraction u along it."""
+    w = h = int(np.clip(round(side), 1, canvas))
     if edge in ("top", "bottom"):
         x0, y0 = int(round(u * (canvas - w))), (0 if edge == "top" else canvas - h)
     else:
@@ -283,7 +283,7 @@ def _paste(base: np.ndarray, distractor: np.ndarray, box: Sequence[int]) -> np.n
 
     x0, y0, w, h = (int(v) for v in box)
     out = base.copy()
-    out[:, y0:y0 + h, x0:x0 + w] = resize(distractor, (h, w))
+    out[:, y0:y0 + h, x0:x0 + w] = np.clip(resize(distractor, (h, w)), 0, 1)  # resampling rounds past 1
     return out
 
 
@@ -313,7 +313,7 @@ def render_scenes(params: xr.Dataset) -> dict[str, np.ndarray]:
             region = mask_out[k, y0:y0 + h, x0:x0 + w]
             region[:] = 0
             region[small] = MAX_OBJECTS + 1
-    result = {"image": out}
+    result = {"image": np.clip(out, 0, 1)}
     if mask_out is not None:
         result["masks"] = mask_out
     return result
@@ -365,11 +365,6 @@ def _load_square(path: Path, canvas: int) -> np.ndarray:
             return np.asarray(im, np.float32).transpose(2, 0, 1) / 255
     except OSError as e:
         raise StimulusError(f"cannot read image {path} ({e}); the scene set renders from it", "images") from None
-
-
-def _aspect(probe: xr.Dataset, i: int, root: Path | None) -> float:
-    """Width / height of pool image i as pasted: folder images are squared when loaded, so 1 (procedural too)."""
-    return 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ def test_rsa_curves_draw_several_subjects(planted):
     fig = rsa_curves(results)
     ax = fig.axes[0]
     assert len(ax.get_lines()) >= 2 and [t.get_text() for t in ax.get_legend().get_texts()] == list(results)
+    from rig.steps import get_step
+
+    fig = get_step("rsa").compare_figure(results["saliency"], results["semantics"], ("trained", "random"))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["trained", "random"]
 
 
 def test_sites_by_module_type(tmp_path):

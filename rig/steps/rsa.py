@@ -95,7 +95,6 @@ def condition_groups(params: xr.Dataset, baseline: str) -> tuple[dict[str, np.nd
 def reference_rdms(ctx: StepContext, spec: RSASettings, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The saliency and semantic RDMs of the stimuli `idx` (the baseline images)."""
     import analyses
-    from analyses.semantics import caption_embeddings
 
     refs = {}
     if spec.saliency is not None:
@@ -201,6 +200,12 @@ class RSA(Step):
             best = int(np.nanargmax(rsa[:, k, base_k]))
             ctx.headline[f"max {ref} RSA"] = round(float(rsa[best, k, base_k]), 4)
             ctx.headline[f"max {ref} RSA site"] = sites[best]
+
+    def compare_figure(self, a: Any, b: Any, labels: tuple[str, str]) -> Any:
+        """Both preparations' RSA curves (e.g. trained vs random weights) in one figure per reference."""
+        from analyses.rsa_figures import rsa_curves
+
+        return rsa_curves({labels[0]: a.load(), labels[1]: b.load()})
 
 
 class BrainRSASettings(StepSettings):
