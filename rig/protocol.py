@@ -108,6 +108,10 @@ class SiteSelection(Strict):
 class RecordSpec(Strict):
     sites: list[str] | SiteSelection = Field(..., description="globs over the subject's module names, or "
                                              "{ types = ['Conv2d', 'LayerNorm'], names = [globs] }")
+    tokens: Literal["cls", "patches", "all"] | list[int] = Field("cls", description="tokens of transformer sites")
+    dtype: Literal["float32", "int16"] = Field("float32", description="storage type; int16 = packed, half size")
+    batch_size: int = Field(32, gt=0)
+    compression: bool = Field(False, description="zlib compression (slower to write)")
 
     @field_validator("sites")
     @classmethod
@@ -115,10 +119,6 @@ class RecordSpec(Strict):
         if isinstance(value, list) and not value:
             raise ValueError("name at least one site glob, or { types = [...] }")
         return value
-    tokens: Literal["cls", "patches", "all"] | list[int] = Field("cls", description="tokens of transformer sites")
-    dtype: Literal["float32", "int16"] = Field("float32", description="storage type; int16 = packed, half size")
-    batch_size: int = Field(32, gt=0)
-    compression: bool = Field(False, description="zlib compression (slower to write)")
 
 
 class BehaviourSpec(Strict):

@@ -1,7 +1,8 @@
 """The steps of a session: one `Step` object per step type, in one module each, registered by type.
 
 Built-in steps: `design` (stimuli), `record`, the `[[analyse]]` steps `ratemaps` and `spatial_scores`, the
-`[[perturb]]` steps `weight_lesions` and `unit_lesions`, and `compare`. `plan(protocol)` lists a session's
+`[[perturb]]` steps `weight_lesions` and `unit_lesions`, `compare`, and the RSA study's `[[analyse]]` steps
+`saliency_maps`, `rsa` and `brain_rsa`. `plan(protocol)` lists a session's
 steps in the order they run; `run_step(ctx, planned)` runs one. See `rig.steps.base` for how to write a step.
 """
 from __future__ import annotations
