@@ -20,7 +20,7 @@ import torch
 import stimuli
 from rig.behaviour import make_readout
 from rig.lesions import PrefixRunner, silenced
-from rig.lesions.units import _site_units
+from rig.lesions.units import site_shape
 from rig.subjects import load_subject
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     with PrefixRunner(subject, images, a.batch_size) as cached, \
             PrefixRunner(subject, images, a.batch_size, use_cache=False) as naive, \
             silenced(subject.model.get_submodule(a.site)) as silencer:
-        n_units = _site_units(naive, a.site)
+        n_units = site_shape(naive, a.site)[0][-1]
         t, c = time.perf_counter(), time.process_time()
         cached.prepare(a.site)
         prep_wall, prep_cpu = time.perf_counter() - t, time.process_time() - c

@@ -34,19 +34,48 @@ def weight_lesion_figure(ds: xr.Dataset) -> Figure:
     return fig
 
 
+#: one colour and line style per strategy (controls dashed), the same in every figure
+STYLES = {
+    "random": ("#555555", "--"), "by_mean": ("#1f77b4", "--"), "targeted": ("#d62728", "-"),
+    "targeted_abs": ("#ff7f0e", "-"), "targeted_raw": ("#9467bd", ":"), "targeted_raw_abs": ("#e377c2", ":"),
+    "units": ("#2ca02c", "-"),
+}
+
+
 def unit_lesion_figure(ds: xr.Dataset) -> Figure:
-    """Mean target probability vs proportion of units lesioned, one line per strategy with its 95 % interval."""
-    fig = Figure(figsize=(5.5, 3.8))
+    """Mean target probability vs proportion of units lesioned: one line per strategy, its 95 % interval as a band."""
+    fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     for strategy in ds["strategy"].values:
+        colour, style = STYLES.get(str(strategy), (None, "-"))
         m = ds["mean"].sel(strategy=strategy)
-        ax.plot(ds["proportion"], m, marker="o", ms=3, label=str(strategy))
+        line = ax.plot(ds["proportion"], m, marker="o", ms=3, color=colour, ls=style, label=str(strategy))[0]
         ax.fill_between(ds["proportion"], ds["ci_low"].sel(strategy=strategy), ds["ci_high"].sel(strategy=strategy),
-                        alpha=0.2)
-    ax.set_xlabel(f"proportion of units lesioned (n = {ds.attrs.get('n_units', '?')})")
-    ax.set_ylabel(f"P({ds.attrs.get('target', 'target')})")
+                        color=line.get_color(), alpha=0.18, lw=0)
+    unit = ds.attrs.get("unit", "channel")
+    ax.set_xlabel(f"proportion of units lesioned (n = {ds.attrs.get('n_units', '?')} {unit}s)", fontsize=9)
+    ax.set_ylabel(f"P({ds.attrs.get('target', 'target')})", fontsize=9)
     ax.set_title(f"unit lesions at {ds.attrs.get('site', '')}", fontsize=9)
+    ax.tick_params(labelsize=8)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="strategy", title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def unit_lesion_caption(ds: xr.Dataset) -> str:
+    """The caption of `unit_lesion_figure`: what is plotted, what a unit is, how units were ranked, the bands."""
+    from rig.lesions.units import DESCRIPTIONS
+
+    n_stim, reps = ds.sizes.get("stimulus", 0), int(ds.attrs.get("repeats", 1))
+    strategies = "; ".join(f"{s}: {DESCRIPTIONS.get(str(s), s)}" for s in ds["strategy"].values)
+    text = (f"Behaviour (mean probability of the answer {ds.attrs.get('target', 'target')} over {n_stim} stimuli) as a "
+            f"growing proportion of the units of {ds.attrs.get('site', 'the site')} is silenced. A unit is "
+            f"{ds.attrs.get('unit_meaning', 'one channel')}. Strategies (dashed: controls): {strategies}.")
+    if "ranking" in ds.attrs:
+        text += f" Ranking maps: {ds.attrs['ranking']}"
+        moved = int(ds.attrs.get("n_nearest_bin", 0))
+        text += f"; {moved} stimuli ranked at the nearest visited bin." if moved else "."
+    text += (f" Bands: 95% intervals of the mean; random lesions: over the {reps} random unit sets and the stimuli "
+             "(Student t on the two-way variance), the others: bootstrap over the stimuli.")
+    return text

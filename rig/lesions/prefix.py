@@ -1,7 +1,8 @@
 """Re-run only what a lesion changes: cache the input of the lesioned block, run only the rest per condition.
 
 For a model built as a sequence of blocks (an `nn.ModuleList` / `nn.Sequential` whose children run in order,
-each once: ViT blocks, ResNet stages), a lesion inside block i leaves blocks 0..i-1 unchanged. `PrefixRunner`
+each once: ViT blocks, ResNet stages; or any module whose children are seen to run so, such as a torchvision
+ResNet whose stages are children of the model), a lesion inside block i leaves blocks 0..i-1 unchanged. `PrefixRunner`
 runs the model once per stimulus batch up to block i (the forward is stopped there), keeps the block's input
 (args and kwargs; in memory up to a byte budget, then on disk), and for each condition runs the model's own
 forward again with blocks 0..i-1 made pass-through and block i's input replaced by the cached one, so only
@@ -95,18 +96,20 @@ class BlockSplit:
 
 
 def split_candidates(model: nn.Module, site: str) -> list[BlockSplit]:
-    """Block sequences holding `site`, innermost first (only blocks after the first can save work)."""
+    """Where `site` could be split off: the block sequences (`nn.ModuleList` / `nn.Sequential`) holding it,
+    innermost first, then the other modules holding it (e.g. a torchvision ResNet, whose stages are children of
+    the model), innermost first. Only blocks after the first can save work; any split is used only when its
+    children are seen to run once each in order and the cached path matches the full forward."""
     modules = dict(model.named_modules())
     if site not in modules:
         raise SiteError(f"no module named {site!r} in the subject; use a name from model.named_modules()")
     parts = site.split(".") if site else []
-    out = []
+    sequences, others = [], []
     for j in range(len(parts) - 1, -1, -1):
         container = modules[".".join(parts[:j])]
-        if isinstance(container, (nn.ModuleList, nn.Sequential)):
-            keys = list(container._modules)
-            out.append(BlockSplit(".".join(parts[:j]), keys.index(parts[j]), parts[j]))
-    return out
+        split = BlockSplit(".".join(parts[:j]), list(container._modules).index(parts[j]), parts[j])
+        (sequences if isinstance(container, (nn.ModuleList, nn.Sequential)) else others).append(split)
+    return sequences + others
 
 
 def _to(obj: Any, device: torch.device | str, clone: bool = False) -> Any:
@@ -206,11 +209,11 @@ class PrefixRunner:
                     outs.append(self._readout(readout, self._suffix_forward(shape, self._load(payload))))
         return np.concatenate(outs, axis=0)
 
-    def probe(self) -> None:
-        """One full forward of the first stimulus (no grad), for hooks the caller registered around it."""
-        _, images = next(iter(self.source.batches(1)))
+    def probe(self, n: int = 1) -> None:
+        """One full forward of the first `n` stimuli (no grad), for hooks the caller registered around it."""
+        _, images = next(iter(self.source.batches(n)))
         with torch.no_grad():
-            self._forward(images[:1])
+            self._forward(images[:n])
 
     @property
     def cls_only(self) -> bool:
@@ -413,8 +416,11 @@ class PrefixRunner:
             full = first_out[0] if first_out else self._forward(first_images)
         cls_only = cls_only_forward(self.model, split)
         for self._cls in ([cls_only] if cls_only else []) + [None]:
-            with torch.no_grad():
-                part = self._suffix_forward(tuple(first_images.shape), self._load(self._entries[0][2]))
+            try:
+                with torch.no_grad():
+                    part = self._suffix_forward(tuple(first_images.shape), self._load(self._entries[0][2]))
+            except Exception:  # noqa: BLE001 - a container whose forward needs its earlier children's real outputs
+                continue
             if full.shape == part.shape and torch.allclose(full, part, rtol=1e-4, atol=1e-5):
                 self._verified[split.container] = self._cls
                 return None

@@ -1,4 +1,7 @@
-"""Unit lesions at a site: which units to silence per stimulus (strategies), and the proportion sweep."""
+"""Unit lesions at a site: which units to silence per stimulus (strategies), and the proportion sweep.
+
+What a unit is and how ranked strategies score units: `rig.lesions.ranking`; intervals: `rig.lesions.intervals`.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,13 +13,26 @@ import xarray as xr
 
 from rig.errors import RigError
 from rig.io import atomic_path
+from rig.lesions.intervals import curve_interval
 from rig.lesions.prefix import PrefixRunner
-from rig.lesions.silence import UnitSilencer, unit_axis
+from rig.lesions.ranking import UNIT_MODES, UnitScores, map_scores, ranks_from_scores, set_overlap
+from rig.lesions.silence import UnitSilencer, n_site_units
 from rig.lesions.source import StimulusSource
 from rig.lesions.store import ConditionStore
 
-STRATEGIES = ("random", "targeted", "targeted_abs", "units")
-DETERMINISTIC = ("targeted", "targeted_abs", "units")
+STRATEGIES = ("random", "targeted", "targeted_abs", "targeted_raw", "targeted_raw_abs", "by_mean", "units")
+#: strategies that rank units by their ratemaps / responses (they need `scores` or `ratemaps`)
+RANKED = ("targeted", "targeted_abs", "targeted_raw", "targeted_raw_abs", "by_mean")
+#: what each strategy silences first, for legends and captions
+DESCRIPTIONS = {
+    "random": "random units (one set per repeat, shared by all stimuli)",
+    "targeted": "position-selective units: highest z of the ranking map at the position of the stimulus",
+    "targeted_abs": "highest |z| of the ranking map at the position of the stimulus",
+    "targeted_raw": "highest raw ratemap value at the position of the stimulus (the blog)",
+    "targeted_raw_abs": "highest |raw ratemap value| at the position of the stimulus (the blog)",
+    "by_mean": "highest overall mean response (position-free control)",
+    "units": "the listed units, in order",
+}
 
 
 def proportion_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.025) -> np.ndarray:
@@ -30,42 +46,14 @@ def n_lesioned(proportions: np.ndarray, n_units: int) -> np.ndarray:
     return np.rint(np.asarray(proportions, float) * n_units).astype(int)
 
 
-def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
-    """Per row, the rank of each unit by descending score (0 = silenced first); NaN ranks last. `(S, U)` int."""
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(len(scores), 0), axis=1)
-    return ranks
+def ratemap_at(ratemaps: xr.Dataset | xr.DataArray, x: np.ndarray, y: np.ndarray, unit: str = "channel") -> np.ndarray:
+    """Each unit's ratemap value at each stimulus centre `(S, U)`: in the bin whose centre is nearest, or in the
+    nearest visited bin when that one is unvisited (see `rig.lesions.ranking`).
 
-
-def ratemap_at(ratemaps: xr.Dataset | xr.DataArray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each unit's ratemap value in the bin whose centre is nearest each stimulus centre: `(S, U)`.
-
-    `ratemaps`: the `analyses.ratemaps` output (variable `ratemap`, dims `(unit, y_bin, x_bin)`, bin-centre
-    coordinates along `y_bin` / `x_bin` in pixels); `x`, `y`: stimulus centres in pixels, shape `(S,)`.
+    `ratemaps`: the `analyses.ratemaps` output (variable `ratemap`, dims `(unit[, token | map_y, map_x], y_bin,
+    x_bin)`, bin-centre coordinates in pixels); `x`, `y`: stimulus centres in pixels, shape `(S,)`.
     """
-    rm = ratemaps["ratemap"] if isinstance(ratemaps, xr.Dataset) else ratemaps
-    rm = rm.squeeze([d for d in rm.dims if d not in ("unit", "y_bin", "x_bin") and rm.sizes[d] == 1], drop=True)
-    extra = [d for d in rm.dims if d not in ("unit", "y_bin", "x_bin")]
-    if extra or "unit" not in rm.dims:
-        raise RigError(
-            f"ratemaps for targeted lesions need dims (unit, y_bin, x_bin), got {rm.dims}; select one token/site first"
-        )
-    rm = rm.transpose("unit", "y_bin", "x_bin")
-    xc, yc = _centres(rm, "x_bin"), _centres(rm, "y_bin")
-    xi = np.abs(np.asarray(x, float)[:, None] - xc[None, :]).argmin(1)
-    yi = np.abs(np.asarray(y, float)[:, None] - yc[None, :]).argmin(1)
-    return np.asarray(rm.values)[:, yi, xi].T
-
-
-def _centres(rm: xr.DataArray, dim: str) -> np.ndarray:
-    if dim in rm.coords:
-        return np.asarray(rm[dim].values, float)
-    for c in rm.coords.values():
-        if c.dims == (dim,):
-            return np.asarray(c.values, float)
-    raise RigError(f"ratemaps have no bin-centre coordinate along {dim!r}; pass the output of analyses.ratemaps")
+    return map_scores(ratemaps, x, y, unit).raw
 
 
 def unit_ranks(
@@ -73,9 +61,11 @@ def unit_ranks(
     n_units: int,
     n_stimuli: int,
     *,
+    scores: UnitScores | None = None,
     ratemaps: xr.Dataset | xr.DataArray | None = None,
     x: np.ndarray | None = None,
     y: np.ndarray | None = None,
+    unit: str = "channel",
     units: Sequence[int] | None = None,
     seed: int = 0,
     repeat: int = 0,
@@ -85,8 +75,11 @@ def unit_ranks(
     Returns `(S, U)` for per-stimulus strategies, `(1, U)` when all stimuli share the order.
     - `random`: one permutation per `repeat` from `default_rng([seed, repeat])`, shared by all stimuli,
       nested across proportions.
-    - `targeted` / `targeted_abs`: per stimulus, units by descending (absolute) ratemap value at the
-      stimulus's bin (needs `ratemaps` and stimulus centres `x`, `y`).
+    - `targeted` / `targeted_abs`: per stimulus, by descending z (|z|) of the unit's ranking map at the
+      stimulus's position (position selectivity); `targeted_raw` / `targeted_raw_abs`: by the raw map value
+      (|value|), the blog's; `by_mean`: by the unit's overall mean, one order for all stimuli (the control).
+      These need `scores` (e.g. `rig.lesions.ranking.held_out_scores`) or `ratemaps` with stimulus centres
+      `x`, `y` (one map for all stimuli: `map_scores`).
     - `units`: the given units in the given order (others never silenced).
     """
     if strategy == "random":
@@ -94,16 +87,23 @@ def unit_ranks(
         ranks = np.empty(n_units, int)
         ranks[perm] = np.arange(n_units)
         return ranks[None]
-    if strategy in ("targeted", "targeted_abs"):
-        if ratemaps is None or x is None or y is None:
-            raise RigError(f"strategy {strategy!r} needs ratemaps and stimulus positions; record and analyse first")
-        if len(x) != n_stimuli or len(y) != n_stimuli:
-            raise RigError(f"{len(x)} x and {len(y)} y positions for {n_stimuli} stimuli; pass one (x, y) per "
-                           "stimulus")
-        values = ratemap_at(ratemaps, x, y)
-        if values.shape[1] != n_units:
-            raise RigError(f"ratemaps have {values.shape[1]} units but the site has {n_units}; use the same site")
-        return ranks_from_scores(np.abs(values) if strategy == "targeted_abs" else values)
+    if strategy in RANKED:
+        if scores is None:
+            if ratemaps is None or x is None or y is None:
+                raise RigError(f"strategy {strategy!r} needs ratemaps and stimulus positions; record and analyse first")
+            if len(x) != n_stimuli or len(y) != n_stimuli:
+                raise RigError(f"{len(x)} x and {len(y)} y positions for {n_stimuli} stimuli; pass one (x, y) per "
+                               "stimulus")
+            scores = map_scores(ratemaps, x, y, unit)
+        if scores.n_units != n_units:
+            raise RigError(f"ratemaps have {scores.n_units} units but the site has {n_units} (unit = {unit!r}); "
+                           "use the same site and unit setting")
+        if strategy == "by_mean":
+            return ranks_from_scores(np.asarray(scores.mean, float)[None])
+        if len(scores.z) != n_stimuli:
+            raise RigError(f"scores for {len(scores.z)} stimuli, but {n_stimuli} are lesioned; rank the lesion stimuli")
+        value = scores.z if strategy in ("targeted", "targeted_abs") else scores.raw
+        return ranks_from_scores(np.abs(value) if strategy.endswith("_abs") else value)
     if strategy == "units":
         units = np.asarray(units if units is not None else [], int)
         if len(units) == 0 or units.min() < 0 or units.max() >= n_units or len(set(units.tolist())) != len(units):
@@ -114,22 +114,45 @@ def unit_ranks(
     raise RigError(f"unknown lesion strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def _site_units(runner: PrefixRunner, site: str) -> int:
+def site_shape(runner: PrefixRunner, site: str) -> tuple[tuple[int, ...], int]:
+    """The per-stimulus output shape of `site` (batch axis removed) and the axis of the batch in its raw output,
+    from forwards of one and two stimuli (the axis that grows with the batch; 0 when there is one stimulus)."""
     module = runner.model.get_submodule(site)
-    shape: dict[str, tuple] = {}
+    shapes: list[tuple] = []
 
     def grab(m: Any, a: Any, out: Any) -> None:
         first = out[0] if isinstance(out, tuple) else out
-        shape["s"] = tuple(first.shape)
+        shapes.append(tuple(first.shape))
 
     h = module.register_forward_hook(grab)
     try:
-        runner.probe()
+        for n in (1, 2)[: min(2, runner.source.n)]:
+            runner.probe(n)
     finally:
         h.remove()
-    if "s" not in shape:
+    if not shapes:
         raise RigError(f"site {site!r} did not run for an image; choose a site on the image path")
-    return shape["s"][unit_axis(len(shape["s"]))]
+    axis = 0
+    if len(shapes) == 2:
+        moving = [i for i, (a, b) in enumerate(zip(shapes[0], shapes[1])) if a != b]
+        axis = moving[0] if len(moving) == 1 else 0
+    return shapes[0][:axis] + shapes[0][axis + 1:], axis
+
+
+def describe_unit(site: str, shape: tuple[int, ...], unit: str) -> str:
+    """What a unit of `site` is, in words, for results and captions."""
+    dims = ", ".join(map(str, shape))
+    n = n_site_units(shape, unit)
+    if len(shape) == 1:
+        return f"one of the {n} values of the output of {site}"
+    pos = "token" if len(shape) == 2 else "map position"
+    if unit == "channel":
+        pooled = "recorded tokens" if len(shape) == 2 else "map positions"
+        return (f"one channel of the ({dims}) output of {site} ({n} units), silenced at every {pos}; ranked by the "
+                f"ratemap of its mean over the {pooled}")
+    index = f"token * {shape[1]} + channel" if len(shape) == 2 else \
+        f"channel * {shape[1] * shape[2]} + map_y * {shape[2]} + map_x"
+    return f"one channel at one {pos} of the ({dims}) output of {site} ({n} units; index = {index})"
 
 
 def unit_lesions(
@@ -137,11 +160,13 @@ def unit_lesions(
     stimuli: Any,
     readout: Any,
     site: str,
-    strategy: str | Sequence[str] = ("random", "targeted", "targeted_abs"),
+    strategy: str | Sequence[str] = ("random", "targeted", "targeted_abs", "by_mean"),
     proportions: Sequence[float] | np.ndarray = proportion_grid(),
     *,
+    scores: UnitScores | None = None,
     ratemaps: xr.Dataset | xr.DataArray | None = None,
     positions: tuple[np.ndarray, np.ndarray] | None = None,
+    unit: str = "channel",
     units: Sequence[int] | None = None,
     repeats: int = 5,
     seed: int = 0,
@@ -149,21 +174,29 @@ def unit_lesions(
     folder: str | Path | None = None,
     use_cache: bool = True,
     max_cache_bytes: int = 2**30,
+    n_boot: int = 2000,
 ) -> xr.Dataset:
     """Silence a growing proportion of the units of `site` per strategy and measure behaviour.
 
-    `readout(output) -> (B, K)` probabilities with an index `readout.target`; `positions=(x, y)` (pixels)
-    default to the stimulus set's `x`, `y`. With `folder`, each condition is stored as it finishes (a killed
-    sweep resumes there) and the result is written atomically to `folder/unit_lesions.nc`.
+    `readout(output) -> (B, K)` probabilities with an index `readout.target`. `unit`: `"channel"` or `"element"`
+    (what a unit is; `rig.lesions.ranking`). Ranked strategies (`RANKED`) read `scores` (one row per stimulus,
+    e.g. held-out: `rig.lesions.ranking.held_out_scores`) or else `ratemaps` (one map set for all stimuli, at
+    `positions=(x, y)` px, default the stimulus set's `x`, `y`). With `folder`, each condition is stored as it
+    finishes (a killed sweep resumes there) and the result is written atomically to `folder/unit_lesions.nc`.
 
     Returns `target_probability(strategy, repeat, proportion, stimulus)` (NaN for repeats > 0 of deterministic
-    strategies), `mean`, `ci_low`, `ci_high` `(strategy, proportion)` (95 % normal interval of the mean over
-    stimuli and repeats), `baseline(stimulus)`, coordinate `n_lesioned(proportion)`.
+    strategies), `mean`, `ci_low`, `ci_high` `(strategy, proportion)` (95 % interval over the random unit sets
+    and the stimuli, or over stimuli: `curve_interval`), `baseline(stimulus)`, with
+    ranked strategies `overlap_by_mean(strategy, proportion)` (share of the silenced set that the position-free
+    `by_mean` control silences too), coordinate `n_lesioned(proportion)`; attrs say what a unit is (`unit`,
+    `unit_meaning`), how units were ranked (`ranking`, `n_nearest_bin`) and what the interval is (`interval`).
     """
     strategies = [strategy] if isinstance(strategy, str) else list(strategy)
     for s in strategies:
         if s not in STRATEGIES:
             raise RigError(f"unknown lesion strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    if unit not in UNIT_MODES:
+        raise RigError(f"unit must be one of {', '.join(UNIT_MODES)}, got {unit!r}")
     target = getattr(readout, "target", None)
     if target is None:
         raise RigError("unit lesions need a behaviour readout with a target; set [behaviour] target")
@@ -172,25 +205,33 @@ def unit_lesions(
         raise RigError("proportions must be a non-empty list of values in [0, 1]")
     source = StimulusSource(stimuli)
     runner = PrefixRunner(subject, source, batch_size, max_cache_bytes, use_cache=use_cache)
-    n_units, n_stim = _site_units(runner, site), source.n
+    shape, batch_axis = site_shape(runner, site)
+    n_units, n_stim = n_site_units(shape, unit), source.n
     x, y = positions if positions is not None else (source.positions() or (None, None))
+    if scores is None and ratemaps is not None and x is not None and any(s in RANKED for s in strategies):
+        scores = map_scores(ratemaps, x, y, unit)
     ks = n_lesioned(proportions, n_units)
     n_rep = max(repeats, 1) if "random" in strategies else 1
     spec = dict(site=site, strategies=strategies, proportions=proportions.tolist(), repeats=n_rep, seed=seed,
-                units=None if units is None else list(map(int, units)), n_units=n_units, n_stimuli=n_stim,
+                unit=unit, units=None if units is None else list(map(int, units)), n_units=n_units,
+                n_stimuli=n_stim, ranking=None if scores is None else scores.ranking,
                 stimuli=source.content_hash(), subject=str(getattr(subject, "name", type(subject.model).__name__)))
     store = ConditionStore(folder, spec)
     tp = np.full((len(strategies), n_rep, len(proportions), n_stim), np.nan, np.float32)
+    overlap = np.full((len(strategies), len(proportions)), np.nan)
+    mean_ranks = unit_ranks("by_mean", n_units, n_stim, scores=scores, unit=unit) if scores is not None else None
     by_mask: dict[str, np.ndarray] = {}
-    silencer = UnitSilencer(runner.model.get_submodule(site))
+    silencer = UnitSilencer(runner.model.get_submodule(site), unit, batch_axis)
     try:
         for si, strat in enumerate(strategies):
             for r in range(n_rep if strat == "random" else 1):
-                ranks = unit_ranks(strat, n_units, n_stim, ratemaps=ratemaps, x=x, y=y, units=units,
-                                   seed=seed, repeat=r)
+                ranks = unit_ranks(strat, n_units, n_stim, scores=scores, ratemaps=ratemaps, x=x, y=y, unit=unit,
+                                   units=units, seed=seed, repeat=r)
                 for pi, k in enumerate(ks):
                     if strat == "units":
                         k = min(k, len(units))
+                    if mean_ranks is not None and r == 0:
+                        overlap[si, pi] = set_overlap(ranks, mean_ranks, k)
                     key = f"{strat}/r{r}/p{proportions[pi]:.9f}"
                     probs = store.get(key)
                     if probs is None:
@@ -210,11 +251,18 @@ def unit_lesions(
     finally:
         silencer.remove()
         runner.close()
-    ds = _unit_dataset(tp, strategies, proportions, ks, source, x, y)
+    ds = _unit_dataset(tp, strategies, proportions, ks, source, x, y, seed, n_boot)
+    if mean_ranks is not None:
+        ds["overlap_by_mean"] = (("strategy", "proportion"), overlap, {
+            "long_name": "share of the silenced units that the by_mean control silences too (mean over stimuli; "
+                         "random: first repeat)"})
     ds.attrs.update(site=site, n_units=n_units, seed=seed, repeats=n_rep, target=str(_label(readout, target)),
+                    unit=unit, unit_meaning=describe_unit(site, shape, unit),
                     prefix_cache=runner.split.block if runner.split else f"off: {runner.fallback}",
                     cls_only_last_block=int(runner.cls_only),
                     random_sets="one random unit set per repeat, shared by all stimuli, nested across proportions")
+    if scores is not None:
+        ds.attrs.update(ranking=scores.ranking, n_nearest_bin=int(scores.n_nearest))
     if folder is not None:
         with atomic_path(Path(folder) / "unit_lesions.nc") as tmp:
             ds.to_netcdf(tmp)
@@ -227,20 +275,23 @@ def _label(readout: Any, target: int) -> str:
 
 
 def _unit_dataset(tp: np.ndarray, strategies: list[str], proportions: np.ndarray, ks: np.ndarray,
-                  source: StimulusSource, x: np.ndarray | None, y: np.ndarray | None) -> xr.Dataset:
-    flat = tp.transpose(0, 2, 1, 3).reshape(len(strategies), len(proportions), -1)
-    n = np.sum(~np.isnan(flat), axis=-1)
-    mean = np.nanmean(flat, axis=-1)
-    sem = np.nanstd(flat, axis=-1, ddof=1) / np.sqrt(np.maximum(n, 1)) if flat.shape[-1] > 1 else np.zeros_like(mean)
+                  source: StimulusSource, x: np.ndarray | None, y: np.ndarray | None, seed: int,
+                  n_boot: int) -> xr.Dataset:
+    level = 0.95
+    stats = [curve_interval(tp[i], level, n_boot, seed=seed) for i in range(len(strategies))]
+    mean, low, high = (np.stack([s[j] for s in stats]) for j in range(3))
     dims2 = ("strategy", "proportion")
     base_idx = int(np.argmin(proportions))
     ds = xr.Dataset(
         {
             "target_probability": (("strategy", "repeat", "proportion", "stimulus"), tp),
-            "mean": (dims2, mean), "ci_low": (dims2, mean - 1.96 * sem), "ci_high": (dims2, mean + 1.96 * sem),
+            "mean": (dims2, mean), "ci_low": (dims2, low), "ci_high": (dims2, high),
         },
         coords={"strategy": strategies, "repeat": np.arange(tp.shape[1]), "proportion": proportions,
                 "n_lesioned": ("proportion", ks), "stimulus": np.arange(source.n)},
+        attrs={"interval": f"{level:.0%} interval of the mean: random lesions (several unit sets) Student t on the "
+                           "crossed sets x stimuli variance var(set means)/R + var(stimulus means)/S; the other "
+                           f"strategies percentile bootstrap over stimuli ({n_boot} resamples, seed {seed})"},
     )
     if proportions[base_idx] == 0:
         ds["baseline"] = ("stimulus", tp[0, 0, base_idx])
