@@ -1,7 +1,7 @@
 """The unit_lesions step: silence a growing proportion of a site's units per strategy and measure behaviour."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -10,22 +10,37 @@ from .base import Needs, Step, StepContext, StepSettings, register_step
 from .ratemaps import open_ratemaps
 from .weight_lesions import first_stimuli
 
+Strategy = Literal["random", "targeted", "targeted_abs", "targeted_raw", "targeted_raw_abs", "by_mean", "units"]
+#: strategies that rank units by ratemaps / responses (the same as `rig.lesions.RANKED`; no torch imported here)
+RANKED = ("targeted", "targeted_abs", "targeted_raw", "targeted_raw_abs", "by_mean")
 
-def _targeted(spec: "UnitLesionsSettings") -> bool:
-    return any(s.startswith("targeted") for s in spec.strategy)
+
+def _ranked(spec: "UnitLesionsSettings") -> bool:
+    return any(s in RANKED for s in spec.strategy)
 
 
 class UnitLesionsSettings(StepSettings):
     type: Literal["unit_lesions"]
-    site: str
-    strategy: list[Literal["random", "targeted", "targeted_abs", "units"]] = ["random", "targeted",
-                                                                              "targeted_abs"]
+    site: str = Field(..., description="the module whose units are silenced (a name from `rig sites`)")
+    strategy: list[Strategy] = Field(
+        ["random", "targeted", "targeted_abs", "by_mean"],
+        description="random; targeted / targeted_abs: position selectivity (z of the unit's ranking map at the "
+                    "stimulus's position, or |z|); targeted_raw / targeted_raw_abs: the raw map value (the blog's); "
+                    "by_mean: the units with the highest mean response (position-free control); units: a list")
+    unit: Literal["channel", "element"] = Field(
+        "channel", description="what a unit is at token / conv sites: a channel (silenced at every token / map "
+                               "position, ranked by the ratemap of its mean over them) or an element (one channel at "
+                               "one token / map position)")
+    ranking: Literal["held_out", "circular"] = Field(
+        "held_out", description="held_out: each lesion stimulus ranks units with ratemaps made without its fold; "
+                                "circular: one map from all stimuli, the stimulus's own response included (the blog's)")
+    folds: int = Field(5, ge=2, description="folds of the lesion stimuli for held-out ranking maps")
     proportions: Range | list[float] = Field(default_factory=lambda: Range(start=0, stop=1, step=0.1))
     units: list[int] | None = Field(None, description="the unit list for strategy 'units'")
-    ratemaps: Annotated[str, Needs("ratemaps", when=_targeted)] = Field(
-        "ratemaps", description="ratemaps step that picks targeted units")
+    ratemaps: Annotated[str, Needs("ratemaps", when=_ranked)] = Field(
+        "ratemaps", description="ratemaps step whose settings (bins, smoothing, ...) make the ranking maps")
     repeats: int = Field(5, gt=0, description="repeats of random lesions (other strategies are deterministic)")
-    n_stimuli: int | None = Field(None, gt=0)
+    n_stimuli: int | None = Field(None, gt=0, description="lesion the first n stimuli (default all)")
     batch_size: int = Field(32, gt=0)
     seed: int = 0
 
@@ -49,37 +64,87 @@ class UnitLesionsSettings(StepSettings):
 
 @register_step
 class UnitLesions(Step):
-    """Silence a growing proportion of a site's units per strategy (random, targeted by the ratemap value at
-    each stimulus's position, ...) and measure behaviour (the blog's second lesion experiment)."""
+    """Silence a growing proportion of a site's units per strategy (random, position-selective, the blog's raw
+    ranking, a position-free control, ...) and measure behaviour (the blog's second lesion experiment)."""
 
     section = "perturb"
     Settings = UnitLesionsSettings
 
-    def run(self, ctx: StepContext, spec: UnitLesionsSettings) -> None:
-        from ..errors import SiteError
-        from ..lesions import unit_lesions
-        from ..lesions.figures import unit_lesion_figure
+    def check(self, spec: UnitLesionsSettings, pre: Any) -> None:
+        """The site exists and runs on the image path, the readout has a target, ranked strategies find the site
+        recorded and mapped (with every token for element units), listed units exist."""
+        from stimuli.registry import did_you_mean, glob_match
 
-        maps = None
-        if _targeted(spec):
-            with open_ratemaps(ctx.result_of(spec, "ratemaps")) as rm:
-                if spec.site not in rm:
-                    raise SiteError(f"perturb.{spec.key}: site {spec.site!r} has no ratemaps in analyses/"
-                                    f"{spec.ratemaps}.nc; record and map it (mapped: {', '.join(rm)})")
-                maps = rm[spec.site].load()
-            if "token" in maps.dims:  # targeted lesions silence channels at every token: rank them by the CLS map
-                maps = maps.isel(token=0)
-                ctx.log.info("unit lesions: ranking units of %s by the ratemaps of token 0 (CLS)", spec.site)
-        ds = unit_lesions(ctx.subject, first_stimuli(ctx.stimuli, spec.n_stimuli), ctx.readout, spec.site,
-                          strategy=spec.strategy, proportions=spec.proportion_values(), ratemaps=maps,
-                          units=spec.units, repeats=spec.repeats, seed=spec.seed, batch_size=spec.batch_size,
-                          folder=ctx.scratch)
+        loc = pre.planned_loc(spec)
+        subject = pre.subject
+        info = pre.site_info(spec.site)
+        if info is None:
+            names = [i.name for i in pre.catalogue]
+            modules = {n for n, _ in subject.model.named_modules()}
+            why = "does not run on the image path" if spec.site in modules else "is no module"
+            pre.fail(loc + ("site",), f"site {spec.site!r} {why} of {subject.name}{did_you_mean(spec.site, names)} "
+                     "(`rig sites` lists the sites)")
+        if getattr(pre.readout, "target", None) is None:
+            pre.fail(("behaviour",), f"the unit lesions of perturb.{spec.key} measure the probability of a target: "
+                     "set [behaviour] target (and prompts: the choices)")
+        if _ranked(spec):
+            rm = pre.planned_step("ratemaps", spec.ratemaps)
+            mapped = rm is not None and glob_match([spec.site], rm.spec.sites)
+            if spec.site not in pre.recorded or not mapped:
+                pre.fail(loc + ("site",), f"{', '.join(s for s in spec.strategy if s in RANKED)} lesions at "
+                         f"{spec.site!r} need its ratemaps: add it to [record] sites and to the sites of the "
+                         f"ratemaps step {spec.ratemaps!r}")
+            tokens = pre.protocol.record.tokens
+            if spec.unit == "element" and info.layout == "tokens" and tokens != "all":
+                pre.fail(loc + ("unit",), f"unit = 'element' at token site {spec.site!r} ranks every token of it, "
+                         f"but [record] tokens = {tokens!r}; record tokens = 'all', or use unit = 'channel'")
+        if spec.units:
+            from ..lesions.silence import n_site_units
+
+            n = n_site_units(info.shape, spec.unit)
+            bad = [u for u in spec.units if not 0 <= u < n]
+            if bad or len(set(spec.units)) != len(spec.units):
+                pre.fail(loc + ("units",), f"units must be distinct indices in [0, {n}) ({spec.unit}s of "
+                         f"{spec.site!r}); got {bad[:5] or 'duplicates'}")
+
+    def run(self, ctx: StepContext, spec: UnitLesionsSettings) -> None:
+        import numpy as np
+
+        from ..lesions import unit_lesions
+        from ..lesions.figures import unit_lesion_caption, unit_lesion_figure
+        from ..lesions.ranking import held_out_scores, map_scores, per_unit
+
+        stim = first_stimuli(ctx.stimuli, spec.n_stimuli)
+        scores = None
+        if _ranked(spec):
+            rm_spec = ctx.referenced(spec, "ratemaps").spec
+            with ctx.recording() as rec:
+                responses = rec[spec.site]
+                lesion = np.arange(len(stim))
+                if spec.ranking == "held_out":
+                    scores = held_out_scores(responses, lesion, unit=spec.unit, folds=spec.folds, seed=spec.seed,
+                                             **rm_spec.map_kwargs(ctx.stimuli.canvas))
+                else:
+                    mean = per_unit(responses, spec.unit, lead=("stimulus",)).mean(0)
+                    with open_ratemaps(ctx.result_of(spec, "ratemaps")) as rm:
+                        x, y = (responses[c].values[lesion] for c in ("x", "y"))
+                        scores = map_scores(rm[spec.site].load(), x, y, spec.unit, mean=mean)
+            ctx.log.info("unit lesions: units ranked by %s; %d stimuli ranked at the nearest visited bin",
+                         scores.ranking, scores.n_nearest)
+        ds = unit_lesions(ctx.subject, stim, ctx.readout, spec.site, strategy=spec.strategy,
+                          proportions=spec.proportion_values(), scores=scores, unit=spec.unit, units=spec.units,
+                          repeats=spec.repeats, seed=spec.seed, batch_size=spec.batch_size, folder=ctx.scratch)
         for strategy in spec.strategy:
             if ds.sizes["proportion"] > 1:
                 half = ds["mean"].sel(strategy=strategy).interp(proportion=0.5)
                 ctx.headline[f"{spec.key}: {strategy} @ 50%"] = round(float(half), 3)
+        positive = ds["proportion"].values[ds["proportion"].values > 0]
+        if "overlap_by_mean" in ds and len(positive):
+            p = float(positive[np.abs(positive - 0.1).argmin()])
+            for strategy in ("targeted", "targeted_abs"):
+                if strategy in spec.strategy:  # is the targeted set just the loudest units? (1 = the same)
+                    value = float(ds["overlap_by_mean"].sel(strategy=strategy, proportion=p))
+                    ctx.headline[f"{spec.key}: {strategy} overlap with by_mean @ {p:.0%}"] = round(value, 3)
         ctx.write_result(ds)
-        ctx.write_figure(spec.key, unit_lesion_figure(ds),
-                         caption=f"Behaviour (mean probability of the target answer) as a growing proportion of the "
-                                 f"units of {spec.site} is silenced, per strategy.")
+        ctx.write_figure(spec.key, unit_lesion_figure(ds), caption=unit_lesion_caption(ds))
         ctx.finish_scratch()
