@@ -52,7 +52,8 @@ def test_targeted_lesions_protocol_runs_all_strategies_over_the_proportions(tmp_
     session = rig.run(PROTOCOLS / "targeted-lesions.toml", archive=tmp_path, progress=False,
                       overrides=SMALL + ["stimuli.n=12", "analyse.0.bins=3", "perturb.0.n_stimuli=6",
                                          "perturb.0.repeats=2", "perturb.0.batch_size=6",
-                                         "perturb.0.proportions={start=0.0, stop=1.0, step=0.5}"])
+                                         "perturb.0.proportions={start=0.0, stop=1.0, step=0.5}",
+                                         "perturb.0.ranking=circular"])
     assert session.status == "completed", session.info["error"]
     ds = xr.open_dataset(session.path / "perturb/unit_lesions.nc")
     assert list(ds["strategy"].values) == ["random", "targeted_raw", "targeted_raw_abs", "targeted", "targeted_abs",
@@ -65,7 +66,7 @@ def test_targeted_lesions_protocol_runs_all_strategies_over_the_proportions(tmp_
     tp = ds["target_probability"].values
     np.testing.assert_allclose(tp[:, 0, 0], np.broadcast_to(tp[0, 0, 0], (6, 6)), rtol=1e-5)  # p=0: no lesion
     np.testing.assert_allclose(tp[:, 0, -1], np.broadcast_to(tp[0, 0, -1], (6, 6)), rtol=1e-5)  # p=1: all units
-    assert ds.attrs["ranking"].startswith("held out") and ds.attrs["unit"] == "channel"
+    assert ds.attrs["ranking"].startswith("circular") and ds.attrs["unit"] == "channel"
     assert np.isnan(tp[1:, 1]).all()  # deterministic strategies have one repeat
     assert (session.path / "figures/unit_lesions.png").stat().st_size > 10_000
     ds.close()
