@@ -238,14 +238,17 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
             return _compare_stacks(sa[:, rep], sb[:, rep], method)
     else:
         i_idx, j_idx = i_idx.astype(np.int32), j_idx.astype(np.int32)
-        ordered_a = [_Ordered(v, i_idx, j_idx) for v in sa] if method == "spearman" else None
-        ordered_b = [_Ordered(v, i_idx, j_idx) for v in sb] if method == "spearman" else None
+        if method == "spearman":
+            first = _Ordered(sa[0], i_idx, j_idx)  # its sorted order is the common order of the pairs
+            ordered = [first] + [_Ordered(v, i_idx, j_idx, first.order) for v in [*sa[1:], *sb]]
 
         def one(s: int) -> np.ndarray:
             counts = np.bincount(draws[s], minlength=n).astype(np.float64)
-            xa = np.stack([o.weighted_ranks(counts) for o in ordered_a]) if ordered_a else sa
-            xb = np.stack([o.weighted_ranks(counts) for o in ordered_b]) if ordered_b else sb
-            return _weighted_pearson(xa, xb, counts[i_idx] * counts[j_idx])
+            if method == "pearson":
+                return _weighted_pearson(sa, sb, counts[i_idx] * counts[j_idx])
+            ranks = [o.weighted_ranks(counts) for o in ordered]
+            x = np.stack([r for r, _ in ranks])
+            return _weighted_pearson(x[:len(sa)], x[len(sa):], ranks[0][1])
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, min(int(workers or os.cpu_count() or 1), int(n_bootstrap)))) as pool:
@@ -266,17 +269,24 @@ class _Ordered:
     """One RDM sorted once, for ranks under pair weights: a pair's weighted rank is the total weight of the
     pairs below its tie group plus (its group's total weight + 1) / 2, the average rank of that group's copies.
     The pairs' stimulus indices are kept in sorted order, so a sample's weights are gathered from the small
-    per-stimulus counts (cache-friendly) rather than permuted."""
+    per-stimulus counts (cache-friendly); ranks are handed out in a `common` order of the pairs (one gather per
+    sample, none for the RDM whose own order is the common one)."""
 
-    def __init__(self, v: np.ndarray, i_idx: np.ndarray, j_idx: np.ndarray):
+    def __init__(self, v: np.ndarray, i_idx: np.ndarray, j_idx: np.ndarray, common: np.ndarray | None = None):
         self.order = np.argsort(v)
         self.i, self.j = i_idx[self.order], j_idx[self.order]
         sv = v[self.order]
         self.group = np.cumsum(np.r_[True, sv[1:] != sv[:-1]]) - 1  # tie group of each sorted pair
         self.ties = self.group[-1] + 1 < v.size
+        if common is None:
+            self.to_common = None  # this RDM's sorted order is the common order
+        else:
+            where = np.empty_like(self.order)
+            where[self.order] = np.arange(v.size)
+            self.to_common = where[common]
 
-    def weighted_ranks(self, counts: np.ndarray) -> np.ndarray:
-        """Weighted ranks of the pairs, in the original order, for stimulus draw counts `counts` `(n,)`."""
+    def weighted_ranks(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(ranks in the common order, weights in this RDM's sorted order)` for stimulus draw counts `(n,)`."""
         ws = counts[self.i] * counts[self.j]
         if self.ties:
             totals = np.bincount(self.group, weights=ws)
@@ -284,9 +294,7 @@ class _Ordered:
             rs = below[self.group] + (totals[self.group] + 1) / 2
         else:
             rs = np.cumsum(ws) - (ws - 1) / 2
-        out = np.empty_like(rs)
-        out[self.order] = rs
-        return out
+        return (rs if self.to_common is None else rs[self.to_common]), ws
 
 
 def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
