@@ -1,10 +1,12 @@
 """Analyses: pure functions on numpy / xarray (no torch, no `rig`), vectorised over units.
 
 Ratemaps and the scores neuroscience uses for spatially selective cells (spatial information, grid score,
-border score), per-unit shuffle nulls, and their figures; offline saliency models; RDMs and RSA.
+border score), per-unit shuffle nulls with FDR control, and their figures; offline saliency models; RDMs and
+RSA. The spatial analyses run on numpy or torch arrays (CPU or CUDA) through the array API (`analyses.backend`);
+torch is never imported here.
 """
 from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
-from .nulls import classify, spatial_nulls
+from .nulls import classify, fdr_adjust, shuffles_for_fdr, spatial_nulls
 from .ratemaps import AnalysisInputError, rate_transform, ratemaps, smooth_maps
 from .spatial import (autocorrelogram, border_fields, border_score, grid_score, selectivity, sparsity,
                       spatial_information, spatial_stats)
@@ -24,6 +26,6 @@ __all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "bootstrap_c
            "downsample_masks", "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
            "nystrom_ncut", "oracle_miou", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
            "trajectory_figure", "unstack_nodes", "autocorrelogram", "border_fields", "border_score", "classify",
-           "compare_preparations", "grid_score", "rate_transform", "ratemaps", "score_distributions",
-           "selectivity", "smooth_maps", "sparsity", "spatial_information", "spatial_nulls", "spatial_stats",
+           "compare_preparations", "fdr_adjust", "grid_score", "rate_transform", "ratemaps", "score_distributions",
+           "selectivity", "shuffles_for_fdr", "smooth_maps", "sparsity", "spatial_information", "spatial_nulls", "spatial_stats",
            "top_units_figure"]

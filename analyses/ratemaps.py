@@ -13,9 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 import xarray as xr
-from scipy import ndimage
 
-RATES = ("none", "shift", "rectify")
+from .backend import is_numpy, namespace, on_device, to_numpy
+
+RATES = ("none", "shift", "robust", "rectify")
+#: the percentile of a map's visited bins that rate="robust" takes as its zero rate
+ROBUST_PERCENTILE = 5.0
 
 
 class AnalysisInputError(ValueError):
@@ -25,40 +28,86 @@ class AnalysisInputError(ValueError):
     """
 
 
-def rate_transform(maps: np.ndarray, rate: str) -> np.ndarray:
+def rate_transform(maps: Any, rate: str) -> Any:
     """Turn activation maps (..., y, x) into non-negative "rates" for Skaggs statistics.
 
     "none": unchanged (must already be >= 0); "shift": minus the map's own minimum over visited bins (the map's
-    least response becomes rate 0; invariant to the unit's offset); "rectify": max(map, 0) (negative responses
-    become silence). NaN (unvisited) stays NaN.
+    least response becomes rate 0; invariant to the unit's offset, but the information then depends on the
+    map's single noisiest bin); "robust": minus the map's `ROBUST_PERCENTILE`-th percentile over visited bins
+    (the order statistic of rank floor(0.05 (V - 1)) of its V visited bins), bins below it clipped to 0: as
+    offset-invariant as "shift", and a single outlying bin moves it by at most one rank; "rectify":
+    max(map, 0) (negative responses become silence). NaN (unvisited) stays NaN. numpy or torch arrays (float64
+    for numpy input of another dtype); the result has the input's namespace and device.
     """
     if rate not in RATES:
         raise AnalysisInputError(f"rate must be one of {RATES}, got {rate!r}")
-    maps = np.asarray(maps, dtype=np.float64)
-    if rate == "shift":
-        finite = np.isfinite(maps)
-        low = np.where(finite, maps, np.inf).min(axis=(-2, -1), keepdims=True)
-        return np.where(finite, maps - np.where(np.isfinite(low), low, 0.0), np.nan)
+    xp = namespace(maps)
+    maps = xp.asarray(maps, dtype=xp.float64) if is_numpy(xp) else maps
+    finite = xp.isfinite(maps)
+    nan = xp.asarray(float("nan"), dtype=maps.dtype)
+    if rate in ("shift", "robust"):
+        high = xp.where(finite, maps, xp.asarray(float("inf"), dtype=maps.dtype))
+        if rate == "shift":
+            low = xp.min(high, axis=(-2, -1), keepdims=True)
+        else:
+            flat = xp.sort(xp.reshape(high, high.shape[:-2] + (-1,)), axis=-1)
+            count = xp.sum(xp.astype(xp.reshape(finite, flat.shape), xp.int64), axis=-1, keepdims=True)
+            rank = xp.astype(xp.floor(ROBUST_PERCENTILE / 100 * xp.astype(xp.clip(count - 1, min=0), maps.dtype)),
+                             xp.int64)
+            hit = xp.arange(flat.shape[-1], device=_device(maps))[None, ...] == rank
+            low = xp.sum(xp.where(hit, flat, xp.zeros_like(flat)), axis=-1)[..., None, None]
+        low = xp.where(xp.isfinite(low), low, xp.zeros_like(low))
+        shifted = maps - low
+        if rate == "robust":
+            shifted = xp.clip(shifted, min=0.0)
+        return xp.where(finite, shifted, nan)
     if rate == "rectify":
-        return np.where(np.isnan(maps), np.nan, np.maximum(maps, 0.0))
+        return xp.where(finite, xp.clip(maps, min=0.0), nan)
     return maps
 
 
-def smooth_maps(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+def _device(a: Any) -> Any:
+    from array_api_compat import device
+
+    return device(a)
+
+
+def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0, like: Any = None) -> Any:
+    """(n, n) matrix of `scipy.ndimage.gaussian_filter1d` (sigma in bins, radius int(truncate sigma + 0.5),
+    zero padding: `mode="constant"`) along an axis of length n: filtered = K @ values."""
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    weights /= weights.sum()
+    k = np.zeros((n, n))
+    for off, w in zip(offsets, weights):
+        k += w * np.eye(n, k=int(off))
+    if like is None:
+        return k
+    xp = namespace(like)
+    return xp.asarray(k, dtype=like.dtype, device=_device(like))
+
+
+def smooth_maps(maps: Any, sigma: float, truncate: float = 4.0, visited: Any = None) -> Any:
     """NaN-aware Gaussian smoothing of maps (..., y, x), sigma in bins (normalised convolution).
 
-    smooth(values * visited) / smooth(visited) over the last two axes (zero padding outside the frame, so
-    edges are not biased toward reflected values); unvisited bins stay NaN. sigma <= 0 returns a copy.
+    smooth(values * visited) / smooth(visited) over the last two axes, each a separable product with
+    `gaussian_matrix` (identical to `scipy.ndimage.gaussian_filter(..., mode="constant")`: zero padding outside
+    the frame, so edges are not biased toward reflected values); unvisited bins stay NaN. `visited`: the
+    visited mask when known and shared by all maps ((y, x); its smoothing is then done once). numpy or torch
+    arrays, same namespace out. sigma <= 0 returns a copy.
     """
-    maps = np.asarray(maps, dtype=np.float64)
+    xp = namespace(maps)
+    maps = xp.asarray(maps, dtype=xp.float64) if is_numpy(xp) else maps
     if sigma is None or sigma <= 0:
-        return maps.copy()
-    visited = np.isfinite(maps)
-    sig = (0,) * (maps.ndim - 2) + (sigma, sigma)
-    num = ndimage.gaussian_filter(np.where(visited, maps, 0.0), sig, mode="constant", truncate=truncate)
-    den = ndimage.gaussian_filter(visited.astype(np.float64), sig, mode="constant", truncate=truncate)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(visited, num / den, np.nan)
+        return xp.asarray(maps, copy=True)
+    ky = gaussian_matrix(maps.shape[-2], sigma, truncate, like=maps)
+    kx = gaussian_matrix(maps.shape[-1], sigma, truncate, like=maps)
+    visited = xp.isfinite(maps) if visited is None else visited
+    num = ky @ xp.where(visited, maps, xp.zeros_like(maps)) @ kx.T
+    den = ky @ xp.astype(visited, maps.dtype) @ kx.T
+    return xp.where(visited, num / xp.where(visited, den, xp.ones_like(den)),
+                    xp.asarray(float("nan"), dtype=maps.dtype))
 
 
 def as_extent(extent: Any) -> tuple[float, float, float, float]:
@@ -95,26 +144,61 @@ def bin_positions(x: np.ndarray, y: np.ndarray, bins: int | tuple[int, int],
     return np.where(inside, iy * nx + ix, -1), (ny, nx)
 
 
-def binning_matrix(flat_bin: np.ndarray, n_bins: int) -> sp.csr_matrix:
-    """Sparse one-hot (bin x stimulus) matrix; stimuli outside the frame (-1) have no entry."""
-    keep = np.flatnonzero(flat_bin >= 0)
-    return sp.csr_matrix((np.ones(keep.size), (flat_bin[keep], keep)), shape=(n_bins, flat_bin.size))
+def binning_matrix(flat_bins: np.ndarray, n_bins: int) -> sp.csr_matrix:
+    """Sparse one-hot (bin x stimulus) matrix; stimuli outside the frame (-1) have no entry. For S stacked bin
+    assignments (S, stimulus): (S * n_bins, stimulus), assignment s in rows s * n_bins ..."""
+    stacked = np.asarray(flat_bins).reshape(-1, np.shape(flat_bins)[-1])
+    rows, cols = np.nonzero(stacked >= 0)
+    return sp.csr_matrix((np.ones(rows.size), (rows * n_bins + stacked[rows, cols], cols)),
+                         shape=(stacked.shape[0] * n_bins, stacked.shape[1]))
 
 
-def bin_means(values: np.ndarray, flat_bin: np.ndarray, shape: tuple[int, int], min_occupancy: int = 1,
-              smoothing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def bin_sums(values: Any, flat_bins: np.ndarray, n_bins: int) -> Any:
+    """Sums of `values` (stimulus, units) per bin for one or several bin assignments at once.
+
+    flat_bins: (stimulus,) or (S, stimulus) flat bin per stimulus (-1 = outside the frame), e.g. S shuffles of
+    the positions sharing one product: the stacked one-hot (S * n_bins, stimulus) matrix times `values`, sparse
+    for numpy (scipy), dense for other backends (one GEMM on a GPU). Returns (n_bins, units) or
+    (S, n_bins, units) in the namespace of `values`.
+    """
+    xp = namespace(values)
+    flat_bins = np.asarray(flat_bins)
+    onehot = binning_matrix(flat_bins, n_bins)
+    if is_numpy(xp):
+        out = onehot @ values
+    else:
+        out = xp.asarray(onehot.toarray(), dtype=values.dtype, device=_device(values)) @ values
+    return xp.reshape(out, flat_bins.shape[:-1] + (n_bins, values.shape[-1]))
+
+
+def bin_means(values: Any, flat_bin: np.ndarray, shape: tuple[int, int], min_occupancy: int = 1,
+              smoothing: float | None = None) -> tuple[Any, np.ndarray]:
     """Mean of `values` (stimulus, units) per bin -> maps (units, ny, nx) and occupancy (ny, nx).
 
-    One sparse (bin x stimulus) product for all units; bins with < min_occupancy stimuli are NaN; optional
-    NaN-aware smoothing (sigma in bins).
+    One sparse (bin x stimulus) product for all units (`bin_sums`; numpy or torch `values`, maps in the same
+    namespace); bins with < min_occupancy stimuli are NaN; optional NaN-aware smoothing (sigma in bins).
+    Occupancy is numpy.
     """
-    ny, nx = shape
-    onehot = binning_matrix(flat_bin, ny * nx)
-    occupancy = np.asarray(onehot.sum(axis=1)).ravel()
+    sums = bin_sums(values, flat_bin, shape[0] * shape[1])
+    occupancy = np.bincount(flat_bin[flat_bin >= 0], minlength=shape[0] * shape[1])
+    return sums_to_maps(sums, occupancy, shape, min_occupancy, smoothing), occupancy.reshape(shape)
+
+
+def sums_to_maps(sums: Any, occupancy: np.ndarray, shape: tuple[int, int], min_occupancy: int = 1,
+                 smoothing: float | None = None) -> Any:
+    """Maps (..., units, ny, nx) from bin sums (..., n_bins, units) and the bins' occupancy (n_bins,) or
+    (..., n_bins) (bins with fewer than `min_occupancy` stimuli -> NaN), smoothed when `smoothing` > 0."""
+    xp = namespace(sums)
+    occupancy = np.asarray(occupancy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        inv_occ = np.where(occupancy >= max(min_occupancy, 1), 1.0 / occupancy, np.nan)
-    means = ((onehot @ values) * inv_occ[:, None]).T.reshape(-1, ny, nx)
-    return (smooth_maps(means, smoothing) if smoothing else means), occupancy.reshape(ny, nx)
+        inv = np.where(occupancy >= max(min_occupancy, 1), 1.0 / occupancy, np.nan)
+    inv = xp.asarray(inv, dtype=sums.dtype, device=_device(sums))
+    means = sums * inv[..., :, None]
+    maps = xp.reshape(xp.moveaxis(means, -1, -2), means.shape[:-2] + (means.shape[-1],) + tuple(shape))
+    if not smoothing:
+        return maps
+    visited = xp.isfinite(xp.reshape(inv, inv.shape[:-1] + (1,) + tuple(shape)))
+    return smooth_maps(maps, smoothing, visited=visited)
 
 
 def _coordinate(responses: xr.DataArray, value: Any, name: str) -> np.ndarray:
@@ -241,7 +325,7 @@ def stimulus_bins(responses: xr.DataArray, x: Any, y: Any, bins: int | tuple[int
 def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | tuple[int, int] = 28,
              extent: Sequence[float] | None = None, smoothing: float | None = None, rate: str = "none",
              min_occupancy: int = 1, block_bytes: int = 64 * 2**20, dtype: Any = np.float32,
-             regress_out: Any = None) -> xr.Dataset:
+             regress_out: Any = None, device: str | None = None) -> xr.Dataset:
     """Ratemap of every unit: mean response per position bin, with the occupancy of each bin.
 
     responses: DataArray with a `stimulus` dim (any other dims: unit, token, ...; may be lazy, e.g. from
@@ -249,10 +333,13 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     coordinate names; default the `x`/`y` coordinates). bins: n or (ny, nx). extent: (lo, hi) for both axes
     or (x0, x1, y0, y1), in pixels; default (0, canvas, 0, canvas) from `responses.attrs["canvas"]`, else the positions' range.
     Bins with fewer than `min_occupancy` stimuli are NaN (unvisited). smoothing: Gaussian sigma in bins,
-    NaN-aware (`smooth_maps`). rate: "none" | "shift" | "rectify" (`rate_transform`), applied last.
+    NaN-aware (`smooth_maps`). rate: one of `RATES` (`rate_transform`), applied last.
     regress_out: stimulus covariates (coordinate names such as `["diameter"]`, or arrays; strings are
     categorical) whose least-squares fit (with intercept) is removed from every unit's responses before
     binning, the unit's mean added back (`regression_basis`, `residualise`; fit over all stimuli).
+    device: None computes with numpy; "cpu" / "cuda" / "cuda:1" with torch on that device (float64; blocks are
+    moved there and the maps brought back). Blocks run along the largest dim (`unit` in a recording), which
+    is also the dim the recorder chunks by (all stimuli x all tokens x 16 units per chunk column).
 
     Returns Dataset with `ratemap` (other dims..., y_bin, x_bin) and `occupancy` (y_bin, x_bin; stimuli per
     bin), bin-centre coordinates `y_bin`, `x_bin` in pixels, attrs bins, extent, smoothing, rate,
@@ -277,9 +364,9 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     for start in range(0, resp.sizes[block_dim] if block_dim else 1, step):
         block = resp.isel({block_dim: slice(start, start + step)}) if block_dim else resp
         vals = np.asarray(block.values, dtype=np.float64)
-        vals = residualise(vals.reshape(vals.shape[0], -1), basis).reshape(vals.shape)
-        means, _ = bin_means(vals.reshape(vals.shape[0], -1), flat, (ny, nx), min_occupancy, smoothing)
-        means = rate_transform(means.reshape(vals.shape[1:] + (ny, nx)), rate)
+        vals = on_device(residualise(vals.reshape(vals.shape[0], -1), basis), device)
+        means, _ = bin_means(vals, flat, (ny, nx), min_occupancy, smoothing)
+        means = to_numpy(rate_transform(means, rate)).reshape(block.shape[1:] + (ny, nx))
         index = [slice(None)] * len(other)
         if axis is not None:
             index[axis] = slice(start, start + step)

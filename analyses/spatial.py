@@ -5,6 +5,11 @@ unvisited bins, as numpy arrays or xarray DataArrays, and returns one value per 
 xarray input gives a DataArray with the leading dims and coords). All maps are processed together, in blocks
 of `block_size` maps (bounded memory), without a Python loop per map.
 
+Backends: numpy arrays, or torch tensors on any device (the array API, `analyses.backend`): spatial
+statistics and the autocorrelogram run in the namespace they are given (batched FFTs on a GPU); the grid
+score's centre-field search and ring correlations and the border score's field labelling run in numpy on the
+host (the autocorrelograms are brought there), and their results go back to the input's namespace.
+
 References: Skaggs et al. 1993/1996 (information, sparsity, selectivity); BNT / opexebo 0.7
 (`opexebo.analysis.autocorrelation`, `grid_score`, `rate_map_stats`); Solstad et al. 2008 (border score).
 Where these functions knowingly differ from opexebo it is said in their docstrings.
@@ -20,6 +25,7 @@ import xarray as xr
 from scipy import fft as sp_fft
 from scipy import ndimage, sparse
 
+from analyses.backend import asarray, is_numpy, namespace, to_numpy
 from analyses.ratemaps import AnalysisInputError, rate_transform
 
 MapsLike = Any  # np.ndarray | xr.DataArray, last two axes (y, x)
@@ -29,19 +35,21 @@ _EXPAND_THRESHOLDS = np.round(np.linspace(0.95, 0.2, int((0.95 - 0.2) / 0.02) + 
 
 
 # --------------------------------------------------------------------------------------------- plumbing
-def _split(maps: MapsLike) -> tuple[np.ndarray, tuple[int, ...], xr.DataArray | None]:
-    """(N, H, W) float64 stack, the leading shape, and the DataArray template (or None)."""
+def _split(maps: MapsLike) -> tuple[Any, tuple[int, ...], xr.DataArray | None]:
+    """(N, H, W) stack (float64 numpy, or the given torch tensor), the leading shape, and the DataArray
+    template (or None)."""
     template = maps if isinstance(maps, xr.DataArray) else None
-    arr = np.asarray(maps.values if template is not None else maps, dtype=np.float64)
+    xp = namespace(maps)
+    arr = xp.asarray(maps.values if template is not None else maps, dtype=xp.float64) if is_numpy(xp) else maps
     if arr.ndim < 2:
-        raise AnalysisInputError(f"ratemaps need at least 2 axes (y, x), got shape {arr.shape}; pass maps[..., y, x]")
-    lead = arr.shape[:-2]
-    return arr.reshape((-1,) + arr.shape[-2:]), lead, template
+        raise AnalysisInputError(f"ratemaps need at least 2 axes (y, x), got shape {tuple(arr.shape)}; pass maps[..., y, x]")
+    lead = tuple(arr.shape[:-2])
+    return xp.reshape(arr, (-1,) + tuple(arr.shape[-2:])), lead, template
 
 
-def _wrap(values: np.ndarray, lead: tuple[int, ...], template: xr.DataArray | None, name: str,
-          attrs: dict | None = None) -> np.ndarray | xr.DataArray:
-    out = values.reshape(lead)
+def _wrap(values: Any, lead: tuple[int, ...], template: xr.DataArray | None, name: str,
+          attrs: dict | None = None) -> Any:
+    out = namespace(values).reshape(values, lead)
     if template is None:
         return out
     dims = template.dims[:-2]
@@ -63,7 +71,8 @@ def spatial_stats(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none", cl
 
     ratemap: (..., y, x) mean response per bin, NaN = unvisited; occupancy: broadcastable to it (stimuli or
     time per bin; NaN or 0 = unvisited). `rate` turns activations into non-negative rates first
-    (`analyses.ratemaps.rate_transform`: "none", "shift" = minus the map's minimum, "rectify" = max(., 0)).
+    (`analyses.ratemaps.rate_transform`: "none", "shift" = minus the map's minimum, "robust" = minus its 5th
+    percentile, clipped at 0, "rectify" = max(., 0)).
     With p_i = occupancy_i / sum(occupancy), mean rate r = sum p_i r_i:
       information_rate    = sum p_i r_i log2(r_i / r)           [bits per unit time / per stimulus]
       information_content = information_rate / r               [bits per spike]
@@ -74,30 +83,34 @@ def spatial_stats(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none", cl
     no visited bin, zero mean rate, or (with rate="none") a negative rate anywhere.
     """
     maps, lead, template = _split(ratemap)
+    xp = namespace(maps)
     maps = rate_transform(maps, rate)
-    occ = np.broadcast_to(np.asarray(getattr(occupancy, "values", occupancy), dtype=np.float64),
-                          lead + maps.shape[-2:]).reshape(maps.shape)
-    valid = np.isfinite(maps) & np.isfinite(occ) & (occ > 0)
-    r = np.where(valid, maps, 0.0)
-    p = np.where(valid, occ, 0.0)
+    occ = getattr(occupancy, "values", occupancy)
+    occ = asarray(occ if not is_numpy(namespace(occ)) else np.asarray(occ, dtype=np.float64), like=maps)
+    occ = xp.reshape(xp.broadcast_to(occ, lead + tuple(maps.shape[-2:])), maps.shape)
+    valid = xp.isfinite(maps) & xp.isfinite(occ) & (occ > 0)
+    zero, nan = xp.zeros_like(maps), float("nan")
+    r = xp.where(valid, maps, zero)
+    p = xp.where(valid, occ, zero)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = p / p.sum(axis=(1, 2), keepdims=True)
-        mean = (p * r).sum(axis=(1, 2))
-        mean_sq = (p * r * r).sum(axis=(1, 2))
+        p = p / xp.sum(p, axis=(1, 2), keepdims=True)
+        mean = xp.sum(p * r, axis=(1, 2))
+        mean_sq = xp.sum(p * r * r, axis=(1, 2))
         ratio = r / mean[:, None, None]
         if clip:
-            ratio = np.maximum(ratio, 1.0)
-        log_term = np.where(ratio > 0, np.log2(np.where(ratio > 0, ratio, 1.0)), 0.0)
-        info_rate = (p * r * log_term).sum(axis=(1, 2))
-        peak = np.where(valid, maps, -np.inf).max(axis=(1, 2))
-        bad = ~valid.any(axis=(1, 2)) | (mean == 0) | ~np.isfinite(mean)
+            ratio = xp.clip(ratio, min=1.0)
+        positive = ratio > 0
+        log_term = xp.where(positive, xp.log2(xp.where(positive, ratio, xp.ones_like(ratio))), zero)
+        info_rate = xp.sum(p * r * log_term, axis=(1, 2))
+        peak = xp.max(xp.where(valid, maps, xp.full_like(maps, -float("inf"))), axis=(1, 2))
+        bad = ~xp.any(valid, axis=(1, 2)) | (mean == 0) | ~xp.isfinite(mean)
         if rate == "none":
-            bad |= (np.where(valid, maps, 0.0) < 0).any(axis=(1, 2))
+            bad = bad | xp.any(r < 0, axis=(1, 2))
         out = {
-            "information_rate": np.where(bad, np.nan, info_rate),
-            "information_content": np.where(bad, np.nan, info_rate / mean),
-            "sparsity": np.where(bad | (mean_sq == 0), np.nan, mean * mean / mean_sq),
-            "selectivity": np.where(bad, np.nan, peak / mean),
+            "information_rate": xp.where(bad, nan, info_rate),
+            "information_content": xp.where(bad, nan, info_rate / mean),
+            "sparsity": xp.where(bad | (mean_sq == 0), nan, mean * mean / mean_sq),
+            "selectivity": xp.where(bad, nan, peak / mean),
         }
     attrs = {"rate": rate, "clip": int(clip)}
     units = {"information_rate": "bits/stimulus", "information_content": "bits/spike",
@@ -127,19 +140,23 @@ def selectivity(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none") -> n
 
 
 # ----------------------------------------------------------------------------------- autocorrelogram
-def _corr_fft(shape: tuple[int, int], lags: tuple[int, int]) -> tuple[Callable, Callable]:
+def _corr_fft(shape: tuple[int, int], lags: tuple[int, int], like: Any) -> tuple[Callable, Callable]:
     """FFT helpers for correlations of (H, W) maps at lags |dy| <= lags[0], |dx| <= lags[1] (< H, W): FFT
-    sizes >= H + lag (the smallest without wrap-around at those lags), fast lengths."""
+    sizes >= H + lag (the smallest without wrap-around at those lags), fast lengths. Batched over leading
+    axes, in the namespace of `like` (scipy.fft with all cores for numpy, the backend's fft otherwise)."""
+    xp = namespace(like)
     fshape = tuple(sp_fft.next_fast_len(n + lag, real=True) for n, lag in zip(shape, lags))
-    iy, ix = (np.arange(-lag, lag + 1) % f for lag, f in zip(lags, fshape))
+    iy, ix = (asarray(np.arange(-lag, lag + 1) % f, like=like, dtype=xp.int64) for lag, f in zip(lags, fshape))
+    extra = {"workers": -1} if is_numpy(xp) else {}
+    fft = sp_fft if is_numpy(xp) else xp.fft
 
-    def fwd(a: np.ndarray) -> np.ndarray:
-        return sp_fft.rfft2(a, s=fshape, workers=-1)
+    def fwd(a: Any) -> Any:
+        return fft.rfftn(a, s=fshape, axes=(-2, -1), **extra)
 
-    def corr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    def corr(fa: Any, fb: Any) -> Any:
         """(..., 2 lags[0] + 1, 2 lags[1] + 1): out[lag + lags] = sum_p a(p) b(p + lag)."""
-        c = sp_fft.irfft2(np.conj(fa) * fb, s=fshape, workers=-1)
-        return c[..., iy[:, None], ix[None, :]]
+        c = fft.irfftn(xp.conj(fa) * fb, s=fshape, axes=(-2, -1), **extra)
+        return xp.take(xp.take(c, iy, axis=-2), ix, axis=-1)
 
     return fwd, corr
 
@@ -157,33 +174,35 @@ def _crop_slices(shape: tuple[int, int], overlap: float = 0.8) -> tuple[slice, s
     return out[0], out[1]
 
 
-def _autocorr_block(maps: np.ndarray, nan: str, crop: bool) -> np.ndarray:
+def _autocorr_block(maps: Any, nan: str, crop: bool) -> Any:
+    xp = namespace(maps)
     h, w = maps.shape[-2:]
-    x = np.array(maps, dtype=np.float64)
+    x = xp.asarray(maps, dtype=xp.float64, copy=True) if is_numpy(xp) else maps
     if nan == "zero":
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    valid = np.isfinite(x)
-    centre = np.where(valid, x, 0.0).sum(axis=(1, 2), keepdims=True) / np.maximum(
-        valid.sum(axis=(1, 2), keepdims=True), 1)
-    x = np.where(valid, x - centre, 0.0)
+        x = xp.where(xp.isfinite(x), x, xp.zeros_like(x))
+    valid = xp.isfinite(x)
+    zero = xp.zeros_like(x)
+    n_valid = xp.sum(xp.astype(valid, x.dtype), axis=(1, 2), keepdims=True)
+    centre = xp.sum(xp.where(valid, x, zero), axis=(1, 2), keepdims=True) / xp.clip(n_valid, min=1.0)
+    x = xp.where(valid, x - centre, zero)
     # one visited mask for all maps (maps from one recording share the occupancy): its FFTs once
-    shared = bool((valid == valid[:1]).all())
-    m = (valid[:1] if shared else valid).astype(np.float64)
+    shared = bool(xp.all(valid == valid[:1]))
+    m = xp.astype(valid[:1] if shared else valid, x.dtype)
     lags = tuple((s.stop - s.start) // 2 for s in _crop_slices((h, w))) if crop else (h - 1, w - 1)
-    fwd, corr = _corr_fft((h, w), lags)
+    fwd, corr = _corr_fft((h, w), lags, x)
     fx, fm, fx2 = fwd(x), fwd(m), fwd(x * x)
-    n = np.rint(corr(fm, fm))
+    n = xp.round(corr(fm, fm))
     sa, saa = corr(fx, fm), corr(fx2, fm)  # sums over the pairs' first member; the second is the lag flip
-    sb, sbb = sa[..., ::-1, ::-1], saa[..., ::-1, ::-1]
+    sb, sbb = xp.flip(sa, axis=(-2, -1)), xp.flip(saa, axis=(-2, -1))
     sab = corr(fx, fx)
     # a lag's variance below 1e-10 of the map's total sum of squares is FFT round-off, not signal: r = 0 there
-    energy = (x * x).sum(axis=(1, 2), keepdims=True)
+    energy = xp.sum(x * x, axis=(1, 2), keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         num = sab - sa * sb / n
         var_a, var_b = saa - sa * sa / n, sbb - sb * sb / n
         ok = (n > 1) & (var_a > 1e-10 * energy) & (var_b > 1e-10 * energy)
-        r = np.where(ok, num / np.sqrt(np.where(ok, var_a * var_b, 1.0)), 0.0)
-    return np.clip(r, -1.0, 1.0)
+        r = xp.where(ok, num / xp.sqrt(xp.where(ok, var_a * var_b, xp.ones_like(num))), xp.zeros_like(num))
+    return xp.clip(r, min=-1.0, max=1.0)
 
 
 def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
@@ -192,7 +211,7 @@ def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
 
     Computed for all maps at once with FFTs of sums of products (n, sums, sums of squares, cross products per
     lag). Output `(..., h, w)` with lag (0, 0) at index (h // 2, w // 2); with `crop=True` (opexebo) only lags
-    whose overlap is at least ~80% of the map are kept (h = 2H-1 cropped, 49 x 49 for 28 x 28 maps). Lags
+    whose overlap is at least ~80% of the map are kept (numpy, or torch on its device: batched FFTs) (h = 2H-1 cropped, 49 x 49 for 28 x 28 maps). Lags
     with fewer than 2 pairs or (numerically) zero variance are 0, as opexebo/BNT; "numerically zero" is below
     1e-10 of the map's sum of squares, where opexebo returns round-off noise (seen on place fields with a
     flat baseline: opexebo's value there depends on float error; this is the one known difference).
@@ -203,9 +222,10 @@ def autocorrelogram(ratemap: MapsLike, nan: str = "exclude", crop: bool = True,
     if nan not in ("exclude", "zero"):
         raise AnalysisInputError(f"nan must be 'exclude' or 'zero', got {nan!r}")
     stack, lead, _ = _split(ratemap)
-    blocks = [_autocorr_block(stack[s:s + block_size], nan, crop) for s in range(0, len(stack), block_size)]
-    out = np.concatenate(blocks) if blocks else np.zeros((0,) + stack.shape[-2:])
-    return out.reshape(lead + out.shape[-2:])
+    xp = namespace(stack)
+    blocks = [_autocorr_block(stack[s:s + block_size], nan, crop) for s in range(0, stack.shape[0], block_size)]
+    out = xp.concat(blocks) if blocks else xp.zeros((0,) + tuple(stack.shape[-2:]))
+    return xp.reshape(out, lead + tuple(out.shape[-2:]))
 
 
 # ----------------------------------------------------------------------------------------- grid score
@@ -511,12 +531,12 @@ def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 256) -
     """
     stack, lead, template = _split(ratemap)
 
-    def block(maps: np.ndarray) -> np.ndarray:
+    def block(maps: Any) -> np.ndarray:
         if min(maps.shape[-2:]) < 3:
             return np.full(maps.shape[0], np.nan)
-        return _grid_block(_autocorr_block(maps, nan, crop=True))
+        return _grid_block(to_numpy(_autocorr_block(maps, nan, crop=True)))
 
-    return _wrap(_blocked(block, stack, block_size), lead, template, "grid_score", {"nan": nan})
+    return _wrap(asarray(_blocked(block, stack, block_size), like=stack), lead, template, "grid_score", {"nan": nan})
 
 
 # --------------------------------------------------------------------------------------- border score
@@ -550,6 +570,7 @@ def border_fields(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5) 
     have no field.
     """
     stack, lead, _ = _split(ratemap)
+    stack = to_numpy(stack)
     labels, map_of = _field_labels(rate_transform(stack, "shift"), threshold, min_bins)
     first = np.concatenate([[0], np.maximum.accumulate(labels.reshape(len(stack), -1).max(1))])[:-1]
     local = np.where(labels > 0, labels - first[:, None, None], 0)
@@ -570,7 +591,8 @@ def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, s
     """
     stack, lead, template = _split(ratemap)
 
-    def block(maps: np.ndarray) -> np.ndarray:
+    def block(maps: Any) -> np.ndarray:
+        maps = to_numpy(maps)
         b, h, w = maps.shape
         shifted = rate_transform(maps, "shift")
         labels, map_of = _field_labels(shifted, threshold, min_bins)
@@ -597,7 +619,7 @@ def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, s
             score = (cover - dm) / (cover + dm)
         return np.where(has_field, score, np.nan)
 
-    return _wrap(_blocked(block, stack, block_size), lead, template, "border_score",
+    return _wrap(asarray(_blocked(block, stack, block_size), like=stack), lead, template, "border_score",
                  {"threshold": threshold, "min_bins": min_bins})
 
 

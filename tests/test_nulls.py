@@ -39,7 +39,7 @@ def test_planted_units_are_classified():
     # strongest possible p for planted units; untuned p-values are spread out
     assert (ds.spatial_information_p.values[kinds != "untuned"] == 1 / 40).all()
     assert ds.spatial_information_p.values[kinds == "untuned"].min() > 1 / 40
-    assert ds.attrs["n_shuffles"] == 39 and ds.attrs["rate"] == "shift"
+    assert ds.attrs["n_shuffles"] == 39 and ds.attrs["rate"] == "robust"
     # seeded: same seed, same answer
     again = spatial_nulls(resp.isel(unit=[0, 6]), n_shuffles=39, seed=3, bins=16, alpha=0.025,
                           scores=("spatial_information",))
