@@ -45,7 +45,7 @@ import numpy as np
 import xarray as xr
 
 from analyses.backend import on_device, to_numpy
-from analyses.ratemaps import (RATES, AnalysisInputError, bin_sums, regression_basis, residualise, stimulus_bins,
+from analyses.ratemaps import (CHUNK_UNITS, RATES, AnalysisInputError, bin_sums, regression_basis, residualise, stimulus_bins,
                                sums_to_maps)
 from analyses.spatial import border_score, grid_score, spatial_stats
 
@@ -207,7 +207,9 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     ratemaps when already computed (the `ratemaps` result with the same settings: unit dims + (y_bin, x_bin)),
     so they are not computed twice. Shuffle i permutes the positions with the i-th permutation drawn from
     `numpy.random.default_rng(seed)` (for `null="shift"`, the shifts are drawn after them), the same for every
-    unit; `group` shuffles share one matrix product. p = (1 + #{null >= observed}) / (1 + n_shuffles) for units
+    unit; `group` shuffles share one matrix product. Units are processed in blocks of about `block_units`
+    cells: whole units (all their tokens / map positions), whole chunk columns of 16 units where they fit,
+    matching how the recorder chunks a recording (all tokens x 16 units). p = (1 + #{null >= observed}) / (1 + n_shuffles) for units
     that run all shuffles, h / l for units stopped after l (`stop_after`: `stop_count`); NaN where the observed
     score is NaN; a NaN null score counts as not beating it. device: None = numpy; "cpu" / "cuda" = torch.
 
@@ -239,8 +241,12 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     shifts = rng.integers(1, n_bins, size=n_shuffles) if null == "shift" else None
     uses_shift = {k: null == "shift" and k in SHAPE_SCORES for k in scores}
     tallies: dict[str, list[_Tally]] = {k: [] for k in scores}
-    for start in range(0, n_units, block_units):
-        sl = slice(start, start + block_units)
+    per_unit = n_units // max(lead[0], 1) if lead else 1  # cells per index of the blocked dim (e.g. tokens)
+    units_per_block = max(1, block_units // per_unit)
+    if units_per_block >= CHUNK_UNITS:  # whole chunk columns of a recording: no chunk is read twice
+        units_per_block -= units_per_block % CHUNK_UNITS
+    for start in range(0, n_units, units_per_block * per_unit):
+        sl = slice(start, start + units_per_block * per_unit)
         vals = on_device(residualise(np.asarray(stacked.isel(_unit=sl).values, dtype=np.float64), basis), device)
         sums = bin_sums(vals, flat, n_bins)
         observed = sums_to_maps(sums, occupancy, shape, min_occupancy, smoothing) if given is None else \
@@ -327,5 +333,5 @@ def _result(tallies: dict[str, list[_Tally]], n_shuffles: int, alpha: float, res
         warnings.warn(f"{n_shuffles} shuffles: the smallest attainable p, 1/{n_shuffles + 1}, is above the "
                       f"smallest Benjamini-Hochberg threshold alpha/m = {alpha}/{m}: units pass the FDR correction "
                       f"only when at least {int(np.ceil(m / (alpha * (n_shuffles + 1))))} of them have that p; "
-                      f"{needed} shuffles let a single unit pass", stacklevel=2)
+                      f"{needed} shuffles let a single unit pass", stacklevel=3)
     return ds

@@ -17,6 +17,8 @@ import xarray as xr
 from .backend import is_numpy, namespace, on_device, to_numpy
 
 RATES = ("none", "shift", "robust", "rectify")
+#: units per chunk column of a recording (`rig.recorder.CHUNK_UNITS`): blocks of units are whole columns
+CHUNK_UNITS = 16
 #: the percentile of a map's visited bins that rate="robust" takes as its zero rate
 ROBUST_PERCENTILE = 5.0
 
@@ -359,6 +361,8 @@ def ratemaps(responses: xr.DataArray, x: Any = None, y: Any = None, bins: int | 
     block_dim = max(other, key=lambda d: resp.sizes[d]) if other else None
     per_index = max(1, n_units // max(resp.sizes[block_dim], 1)) if block_dim else 1
     step = max(1, int(block_bytes // (8 * resp.sizes["stimulus"] * per_index))) if block_dim else 1
+    if step >= CHUNK_UNITS:  # whole chunk columns of a recording (all tokens x 16 units): none read twice
+        step -= step % CHUNK_UNITS
     full = out.reshape(shape + (ny, nx)) if shape else out.reshape(ny, nx)
     axis = other.index(block_dim) if block_dim else None
     for start in range(0, resp.sizes[block_dim] if block_dim else 1, step):

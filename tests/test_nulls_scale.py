@@ -220,3 +220,20 @@ def test_the_robust_rate_ignores_one_noisy_bin():
         assert (abs(b - a) / a > 0.5) == moves, (rate, a, b)
     low = rate_transform(noisy, "robust")
     assert np.nanmin(low) == 0 and (low == 0).sum() == int(np.floor(0.05 * 143)) + 1
+
+
+def test_blocks_follow_the_recording_chunks(tmp_path):
+    """Blocks of whole units (all tokens), whole chunk columns: any block size gives the same answer."""
+    from analyses.ratemaps import CHUNK_UNITS
+    from rig.recorder import CHUNK_UNITS as RECORDER_CHUNK_UNITS
+
+    assert CHUNK_UNITS == RECORDER_CHUNK_UNITS
+    base = units(n=300)
+    resp = xr.concat([base.isel(unit=slice(0, 20)), base.isel(unit=slice(2, 22))], dim="token").transpose(
+        "stimulus", "token", "unit")
+    kw = dict(n_shuffles=5, bins=8, scores=("spatial_information", "border_score"))
+    a = quiet(spatial_nulls, resp, block_units=7, **kw)
+    b = quiet(spatial_nulls, resp, block_units=4096, **kw)
+    assert a["class"].dims == ("token", "unit")
+    for k in a.data_vars:
+        np.testing.assert_array_equal(a[k].values, b[k].values)

@@ -28,6 +28,17 @@ class RatemapsSettings(StepSettings):
                     smoothing=self.smoothing, min_occupancy=self.min_occupancy, regress_out=self.regress_out or None)
 
 
+def analysis_device(ctx: StepContext) -> str | None:
+    """Where the spatial analyses compute: the subject's CUDA device when the session runs on one (the data stay
+    there; `analyses` then works on torch tensors), else None (numpy, the fastest on a CPU)."""
+    device = str(ctx.protocol.subject.device)
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    return device if device.startswith("cuda") else None
+
+
 def open_ratemaps(path: Any) -> SiteArrays:
     """A ratemaps result: site -> maps `(unit[, token | map_y, map_x], y_bin, x_bin)`; `occupancy` in
     `.dataset`."""
@@ -70,7 +81,8 @@ class Ratemaps(Step):
             sites = rec.select(spec.sites, f"analyse.{spec.key}: sites")
             for i, site in enumerate(sites):
                 # stored dims: sites of one file share one namespace of dims, as in the recording
-                maps = analyses.ratemaps(rec.stored(site), **spec.map_kwargs(ctx.stimuli.canvas))
+                maps = analyses.ratemaps(rec.stored(site), **spec.map_kwargs(ctx.stimuli.canvas),
+                                         device=analysis_device(ctx))
                 out = xr.Dataset({site: maps["ratemap"]})
                 if i == 0:
                     out["occupancy"] = maps["occupancy"]

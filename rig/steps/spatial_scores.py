@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..dims import X_BIN, Y_BIN, unit_table, units_first
 from .base import Needs, Step, StepContext, StepSettings, register_step
-from .ratemaps import open_ratemaps
+from .ratemaps import analysis_device, open_ratemaps
 
 SCORES = ("spatial_information", "grid_score", "border_score")
 
@@ -18,10 +18,18 @@ SCORES = ("spatial_information", "grid_score", "border_score")
 class SpatialScoresSettings(StepSettings):
     type: Literal["spatial_scores"]
     ratemaps: Annotated[str, Needs("ratemaps")] = Field("ratemaps", description="name of the ratemaps step to score")
-    rate: Literal["shift", "rectify", "none"] = Field(
-        "shift", description="activation -> non-negative rate for spatial information")
+    rate: Literal["robust", "shift", "rectify", "none"] = Field(
+        "robust", description="activation -> non-negative rate for spatial information: 'robust' = minus the map's "
+        "5th percentile (clipped at 0), 'shift' = minus its minimum (depends on the noisiest bin)")
     shuffles: int = Field(100, ge=0, description="shuffles of stimulus positions for per-unit nulls")
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level against the unit's own null")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of each unit's test against its own "
+                         "null (per-unit, uncorrected: `class`), and the false discovery rate of `class_fdr`")
+    null: Literal["permutation", "shift"] = Field(
+        "permutation", description="'permutation' of stimulus positions, or 'shift': grid and border scores against "
+        "circular shifts of the map (keeps smoothness; spatial information keeps the permutation null)")
+    stop_after: int | Literal["auto"] = Field(
+        "auto", description="sequential stop (Besag-Clifford): a unit stops after this many shuffles reach its "
+        "score; 'auto' = the smallest that calls exactly the units the full test calls; 0 = run every shuffle")
     top_k: int = Field(5, gt=0, description="units per score shown in the figure")
     seed: int = 0
 
@@ -35,7 +43,12 @@ def short_site(site: str) -> str:
 class SpatialScores(Step):
     """Spatial information, grid and border score of every mapped unit, with per-unit shuffle nulls and a class
     (spatial / grid / border / none), as one table along `cell` with `site` and `unit` coordinates; figures of
-    the top units per site and of the score distributions."""
+    the top units per site and of the score distributions.
+
+    `class` is a per-unit test at `alpha` (about alpha x units false calls per score if nothing were tuned: the
+    headline gives that number); `class_fdr` controls the false discovery rate across each site's units
+    (Benjamini-Hochberg; it needs about units / alpha shuffles before a single unit can pass, and says so). The
+    observed maps are the `ratemaps` result's, not recomputed."""
 
     section = "analyse"
     Settings = SpatialScoresSettings
@@ -50,9 +63,10 @@ class SpatialScores(Step):
             for site in site_maps:
                 maps = site_maps[site]
                 if spec.shuffles > 0:
-                    scores = analyses.spatial_nulls(rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas),
-                                                    rate=spec.rate, alpha=spec.alpha, n_shuffles=spec.shuffles,
-                                                    seed=spec.seed)
+                    scores = analyses.spatial_nulls(
+                        rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
+                        n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null, stop_after=spec.stop_after or None,
+                        maps=maps, device=analysis_device(ctx))
                 else:
                     scores = xr.Dataset({
                         "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
@@ -65,7 +79,7 @@ class SpatialScores(Step):
                 ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
         result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
         result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
-                             "ratemaps": rm_spec.key, "regress_out": list(rm_spec.regress_out)})
+                             "ratemaps": rm_spec.key, "regress_out": list(rm_spec.regress_out), "null": spec.null})
         ctx.write_result(result)
         short = {s: short_site(s) for s in maps_flat}
         ctx.write_figure(f"{spec.key}_top_units", analyses.top_units_figure(
@@ -78,10 +92,13 @@ class SpatialScores(Step):
                          analyses.score_distributions({short[s]: v for s, v in scores_flat.items()}),
                          caption="The distribution of each score over the units of every site.")
         if "class" in result:
-            labels, counts = np.unique(result["class"].values.astype(str), return_counts=True)
-            for label, count in zip(labels, counts):
-                if label != "none":
-                    ctx.headline[f"{label} units"] = int(count)
+            # a class is a per-unit test at alpha: about alpha x units are called per score with no tuning at all
+            for column, suffix in (("class", ""), ("class_fdr", " (FDR)")):
+                labels, counts = np.unique(result[column].values.astype(str), return_counts=True)
+                for label, count in zip(labels, counts):
+                    if label != "none":
+                        ctx.headline[f"{label} units{suffix}"] = int(count)
+            ctx.headline["false calls expected per score"] = round(spec.alpha * result.sizes["cell"], 1)
         grid = result["grid_score"].values
         ctx.headline["best grid score"] = round(float(np.nanmax(grid)), 3) if np.isfinite(grid).any() else None
 
