@@ -55,7 +55,8 @@ def step_seconds(folder: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=2, help="tokens recorded per site (of 50)")
+    ap.add_argument("--tokens", type=int, default=2, help="tokens recorded per site (of 50), spread evenly from "
+                    "the CLS token (0) to the last patch (49)")
     ap.add_argument("--sites", type=int, default=2, help="attention blocks recorded (of 12; the last ones)")
     ap.add_argument("--stimuli", type=int, default=3000)
     ap.add_argument("--shuffles", type=int, default=100)
@@ -70,7 +71,8 @@ def main() -> None:
     blocks = list(range(FULL_SITES - a.sites, FULL_SITES))
     sites = "[" + ", ".join(f'"visual.transformer.resblocks.{b}.attn"' for b in blocks) + "]"
     overrides = ["subject.weights=random", f"subject.device={a.device}", f"stimuli.n={a.stimuli}",
-                 f"record.sites={sites}", f"record.tokens={list(range(a.tokens))}",
+                 f"record.sites={sites}",
+                 f"record.tokens={sorted({int(t) for t in np.linspace(0, FULL_TOKENS - 1, a.tokens).round()})}",
                  f"analyse.1.shuffles={a.shuffles}"]
     archive = Path(a.archive or tempfile.mkdtemp(prefix="scale-study-"))
     load = os.getloadavg()
