@@ -15,6 +15,7 @@ Comparisons: `spearman` (Pearson r of the ranks, ties averaged: scipy's `spearma
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -254,13 +255,14 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     with ThreadPoolExecutor(max(1, min(int(workers or os.cpu_count() or 1), int(n_bootstrap)))) as pool:
         samples = np.stack(list(pool.map(one, range(int(n_bootstrap)))))  # numpy releases the GIL
     alpha = (1 - level) / 2
-    estimate = compare_rdms(sa, sb, method)
+    estimate = np.asarray(compare_rdms(sa, sb, method)).reshape(len(sa), len(sb))
+    with warnings.catch_warnings():  # a constant site has no RSA: NaN intervals, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(samples, alpha, axis=0), np.nanquantile(samples, 1 - alpha, axis=0)
+        se = np.nanstd(samples, axis=0, ddof=1) if n_bootstrap > 1 else np.full(estimate.shape, np.nan)
     return xr.Dataset(
-        {"estimate": (("a", "b"), np.asarray(estimate).reshape(len(sa), len(sb))),
-         "samples": (("sample", "a", "b"), samples),
-         "ci_low": (("a", "b"), np.nanquantile(samples, alpha, axis=0)),
-         "ci_high": (("a", "b"), np.nanquantile(samples, 1 - alpha, axis=0)),
-         "se": (("a", "b"), np.nanstd(samples, axis=0, ddof=1) if n_bootstrap > 1 else np.full(estimate.shape, np.nan))},
+        {"estimate": (("a", "b"), estimate), "samples": (("sample", "a", "b"), samples),
+         "ci_low": (("a", "b"), low), "ci_high": (("a", "b"), high), "se": (("a", "b"), se)},
         attrs={"method": method, "n_bootstrap": int(n_bootstrap), "level": level, "seed": int(seed),
                "n_stimuli": n, "resampling": "stimuli with replacement; self-pairs of a drawn stimulus excluded"})
 

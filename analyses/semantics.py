@@ -71,4 +71,4 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     num = np.einsum("ij,ij->i", *np.broadcast_arrays(a, b))
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 1 - num / den
+        return np.clip(1 - num / den, 0, 2)  # rounding can take identical vectors a hair below 0
