@@ -4,7 +4,8 @@ the leave-one-subject-out noise ceiling, and model-brain RSA per site.
 Responses are an `xr.Dataset` with one variable per ROI, dims `(subject, stimulus, <channel dim>)` (e.g.
 `voxel_V1`: each ROI has its own channel dim, as ROIs differ in size); `load_brain` reads them from a netCDF file
 with a `stimulus` dim (an optional `subject` dim), an `.npy` array `(stimulus, channel)` (one subject, one ROI), or
-an Algonauts 2023 (NSD) folder. Rows are matched to the stimulus set by order (stimulus i = row i).
+an Algonauts 2023 (NSD) folder (subjects differ in vertices: channels are NaN-padded to the largest, and each
+subject's RDM uses its own). Rows are matched to the stimulus set by order (stimulus i = row i).
 """
 from __future__ import annotations
 
@@ -88,8 +89,9 @@ def _load_algonauts(root: Path) -> xr.Dataset:
         if len(n_stim) != 1:
             raise AnalysisInputError(f"{root}: subjects saw different numbers of stimuli ({sorted(n_stim)}); "
                                      "RSA across subjects needs the same stimuli")
-        width = min(a.shape[1] for a in arrays)  # vertices differ per subject: RDMs only need the same stimuli
-        out[name] = xr.DataArray(np.stack([a[:, :width] if a.shape[1] == width else a[:, :width] for a in arrays]),
+        width = max(a.shape[1] for a in arrays)  # subjects differ in vertices: NaN-padded, dropped per subject
+        out[name] = xr.DataArray(np.stack([np.pad(a.astype(np.float64), ((0, 0), (0, width - a.shape[1])),
+                                                  constant_values=np.nan) for a in arrays]),
                                  dims=("subject", "stimulus", f"voxel_{name}"))
     return xr.Dataset(out, coords={"subject": [s.name for s in subjects]})
 
@@ -111,8 +113,13 @@ def _algonauts_regions(masks: Path, hemis: Mapping[str, np.ndarray]) -> dict[str
 
 
 def subject_rdms(responses: xr.DataArray, metric: str = "correlation") -> np.ndarray:
-    """`(subject, n_pairs)`: one RDM per subject of one ROI's responses `(subject, stimulus, channel)`."""
-    return np.stack([rdm(as_patterns(responses.isel(subject=s).values), metric) for s in range(responses.sizes["subject"])])
+    """`(subject, n_pairs)`: one RDM per subject of one ROI's responses `(subject, stimulus, channel)`; channels
+    that are NaN for a subject (padding: subjects differ in vertices) are left out of that subject's RDM."""
+    out = []
+    for s in range(responses.sizes["subject"]):
+        x = as_patterns(responses.isel(subject=s).values)
+        out.append(rdm(x[:, np.isfinite(x).all(axis=0)], metric))
+    return np.stack(out)
 
 
 def pool_rdms(rdms: np.ndarray, method: str = "spearman") -> np.ndarray:

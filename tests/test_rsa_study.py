@@ -170,3 +170,33 @@ def test_brain_files_are_checked(tmp_path):
     xr.Dataset({"x": ("time", np.zeros(3))}).to_netcdf(tmp_path / "bad.nc")
     with pytest.raises(analyses.AnalysisInputError, match="stimulus"):
         load_brain(tmp_path / "bad.nc")
+
+
+def test_algonauts_layout_is_read_per_region(tmp_path):
+    """The Algonauts 2023 NSD layout: per subject lh/rh (stimulus x vertex) arrays and named ROI masks."""
+    rng = np.random.default_rng(4)
+    for s, n_vert in (("subj01", 30), ("subj02", 34)):
+        fmri = tmp_path / s / "training_split" / "training_fmri"
+        fmri.mkdir(parents=True)
+        masks = tmp_path / s / "roi_masks"
+        masks.mkdir()
+        for h in ("lh", "rh"):
+            np.save(fmri / f"{h}_training_fmri.npy", rng.standard_normal((12, n_vert)))
+            labels = np.zeros(n_vert, int)
+            labels[:8], labels[8:20] = 1, 2
+            np.save(masks / f"{h}.prf-visualrois_challenge_space.npy", labels)
+        np.save(masks / "mapping_prf-visualrois.npy", {0: "Unknown", 1: "V1v", 2: "V2v"})
+    brain = load_brain(tmp_path)
+    assert sorted(brain.data_vars) == ["V1v", "V2v"] and list(brain.subject.values) == ["subj01", "subj02"]
+    assert brain["V1v"].shape == (2, 12, 16)  # 8 vertices per hemisphere
+    assert load_brain(tmp_path, rois=["V2v"])["V2v"].shape == (2, 12, 24)
+    for s in ("subj01", "subj02"):
+        for f in (tmp_path / s / "roi_masks").iterdir():
+            f.unlink()
+    whole = load_brain(tmp_path)  # without masks: the hemispheres, NaN-padded to the larger subject
+    assert sorted(whole.data_vars) == ["lh", "rh"] and whole["lh"].shape == (2, 12, 34)
+    from analyses.brain import subject_rdms
+
+    assert np.isfinite(subject_rdms(whole["lh"])).all()
+    with pytest.raises(analyses.AnalysisInputError, match="V3"):
+        load_brain(tmp_path, rois=["V3"])
