@@ -287,6 +287,8 @@ def test_phantom_protocol_recovers_the_planted_truth(tmp_path):
     lesion = s.results["perturb/unit_lesions"]["mean"]
     assert float(lesion.sel(strategy="targeted", proportion=0.3)) < 0.1
     assert float(lesion.sel(strategy="random", proportion=0.3)) > 0.5
+    assert float(lesion.sel(strategy="targeted", proportion=0.1)) < 0.1  # the place units covering the stimulus
+    assert float(lesion.sel(strategy="by_mean", proportion=0.1)) > 0.9  # as many loud units, anywhere: no effect
 
 
 def test_rerun_makes_a_new_session_from_the_saved_protocol(archive, tmp_path):

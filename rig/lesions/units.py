@@ -28,8 +28,8 @@ DESCRIPTIONS = {
     "random": "random units (one set per repeat, shared by all stimuli)",
     "targeted": "position-selective units: highest z of the ranking map at the position of the stimulus",
     "targeted_abs": "highest |z| of the ranking map at the position of the stimulus",
-    "targeted_raw": "highest raw ratemap value at the position of the stimulus (the blog)",
-    "targeted_raw_abs": "highest |raw ratemap value| at the position of the stimulus (the blog)",
+    "targeted_raw": "highest raw ratemap value at the position of the stimulus (as in the blog)",
+    "targeted_raw_abs": "highest |raw ratemap value| at the position of the stimulus (as in the blog)",
     "by_mean": "highest overall mean response (position-free control)",
     "units": "the listed units, in order",
 }
