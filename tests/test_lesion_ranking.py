@@ -8,7 +8,7 @@ import xarray as xr
 
 from rig.errors import RigError
 from rig.lesions import curve_interval, held_out_scores, map_scores, unit_ranks
-from rig.lesions.ranking import per_unit, ranks_from_scores, set_overlap, stimulus_bins
+from rig.lesions.ranking import per_unit, ranking_bins, ranks_from_scores, set_overlap
 
 CENTRES = np.arange(4) * 16 + 8.0  # 4 x 4 bins of 16 px over a 64 px canvas
 
@@ -59,7 +59,7 @@ def test_stimuli_in_unvisited_bins_are_ranked_at_the_nearest_visited_bin_never_i
     values = bumps.copy()
     values[:, [0, 0, 1], [0, 1, 1]] = np.nan  # bins (0,0), (0,1), (1,1) unvisited (e.g. below min_occupancy)
     x, y = np.array([8.0, 24.0, 56.0]), np.array([8.0, 8.0, 56.0])  # in bins (0,0), (0,1) and (3,3)
-    flat, moved = stimulus_bins(values, CENTRES, CENTRES, x, y)
+    flat, moved = ranking_bins(values, CENTRES, CENTRES, x, y)
     assert moved == 2
     np.testing.assert_array_equal(flat, [1 * 4 + 0, 0 * 4 + 2, 3 * 4 + 3])  # the nearest visited bins, 16 px away
     scores = map_scores(_maps(values), x, y)
@@ -69,7 +69,7 @@ def test_stimuli_in_unvisited_bins_are_ranked_at_the_nearest_visited_bin_never_i
                                   unit_ranks("targeted", 8, 3, scores=there))
     assert not (unit_ranks("targeted", 8, 3, scores=scores)[0] == np.arange(8)).all()
     with pytest.raises(RigError, match="no visited bin"):
-        stimulus_bins(np.full((2, 4, 4), np.nan), CENTRES, CENTRES, x, y)
+        ranking_bins(np.full((2, 4, 4), np.nan), CENTRES, CENTRES, x, y)
 
 
 def _recording(n: int = 400, seed: int = 0) -> xr.DataArray:

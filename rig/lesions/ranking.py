@@ -78,7 +78,7 @@ def per_unit(da: xr.DataArray, unit: str, lead: Sequence[str] = (), trail: Seque
         site = ["unit"]
     values = np.asarray(da.transpose(*lead, *site, *trail).values)
     lead_shape = values.shape[:len(lead)]
-    return values.reshape(*lead_shape, -1, *values.shape[len(values.shape) - len(trail):])
+    return values.reshape(*lead_shape, -1, *values.shape[values.ndim - len(trail):])
 
 
 def bin_centres(maps: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def bin_centres(maps: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def stimulus_bins(maps: np.ndarray, xc: np.ndarray, yc: np.ndarray, x: np.ndarray,
+def ranking_bins(maps: np.ndarray, xc: np.ndarray, yc: np.ndarray, x: np.ndarray,
                   y: np.ndarray) -> tuple[np.ndarray, int]:
     """Flat bin (`y_bin * nx + x_bin`) at which each stimulus is ranked, and how many were moved.
 
@@ -116,7 +116,7 @@ def stimulus_bins(maps: np.ndarray, xc: np.ndarray, yc: np.ndarray, x: np.ndarra
 
 
 def position_scores(maps: np.ndarray, flat_bin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`z` and `raw` scores `(S, U)` of maps `(U, ny, nx)` at each stimulus's flat bin (see `stimulus_bins`)."""
+    """`z` and `raw` scores `(S, U)` of maps `(U, ny, nx)` at each stimulus's flat bin (see `ranking_bins`)."""
     flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
     finite = np.isfinite(flat)
     count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
@@ -145,7 +145,7 @@ def map_scores(maps: xr.DataArray | xr.Dataset, x: Any, y: Any, unit: str = "cha
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.shape != y.shape or x.ndim != 1:
         raise RigError(f"x and y must be one position per stimulus, got shapes {x.shape} and {y.shape}")
-    flat_bin, moved = stimulus_bins(values, xc, yc, x, y)
+    flat_bin, moved = ranking_bins(values, xc, yc, x, y)
     z, raw = position_scores(values, flat_bin)
     if mean is None:
         w = np.where(np.isfinite(values), 1.0 if occupancy is None else occupancy[None].astype(float), 0.0)
@@ -184,7 +184,7 @@ def held_out_scores(responses: xr.DataArray, lesion: Sequence[int] | np.ndarray,
         keep = np.setdiff1d(np.arange(n), lesion[rows])
         maps = analyses.ratemaps(table.isel(stimulus=keep), **map_kwargs)["ratemap"]
         xc, yc = bin_centres(maps)
-        flat_bin, m = stimulus_bins(maps.values, xc, yc, x[rows], y[rows])
+        flat_bin, m = ranking_bins(maps.values, xc, yc, x[rows], y[rows])
         z[rows], raw[rows] = position_scores(maps.values, flat_bin)
         moved += m
     return UnitScores(z, raw, values.mean(0).astype(float), moved,
