@@ -113,10 +113,13 @@ def main() -> None:
           f"({total_projected / 3600:.2f} h projected at full size; whole run {wall:.0f} s wall)")
     scores = session.results["analyses/spatial_scores"]
     drawn = {k[:-len("_shuffles")]: float(scores[k].mean()) for k in scores.data_vars if k.endswith("_shuffles")}
-    classes = dict(zip(*np.unique(scores["class"].values.astype(str), return_counts=True)))
+    def counts(column: str) -> dict[str, int]:
+        labels, n = np.unique(scores[column].values.astype(str), return_counts=True)
+        return {str(k): int(v) for k, v in zip(labels, n)}
+
     print("shuffles drawn per unit (mean, of %d): %s" % (a.shuffles, ", ".join(f"{k} {v:.1f}" for k, v in drawn.items())))
-    print(f"classes (per-unit tests, alpha {scores.attrs.get('alpha')}): {classes}; FDR: "
-          f"{dict(zip(*np.unique(scores['class_fdr'].values.astype(str), return_counts=True)))}")
+    print(f"classes (per-unit tests, alpha {scores.attrs.get('alpha')}): {counts('class')}; "
+          f"FDR: {counts('class_fdr')}")
 
 
 if __name__ == "__main__":
