@@ -14,17 +14,17 @@ from .brain import load_brain, model_brain_rsa, noise_ceiling
 from .rsa import bootstrap_compare, compare_rdms, delta_rsa, rdm
 from .rsa_figures import brain_rsa_figure, delta_rsa_figure, rsa_curves
 from .saliency import DeepGazeIIE, itti_koch, saliency_model, spectral_residual
-from .segmentation import (downsample_masks, miou_figure, ncut_colors, ncut_image_figure, oracle_miou,
-                           oracle_segmentation, spectral_embedding, trajectory_figure)
+from .segmentation import ncut_colors, oracle_segmentation, patch_label_counts, spectral_embedding
 from .spatial_figures import compare_preparations, score_distributions, top_units_figure
 from .spectral import affinity, farthest_point_sampling, ncut, nystrom_ncut, unstack_nodes
+from .spectral_figures import miou_figure, ncut_image_figure, trajectory_figure
 
 __all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "bootstrap_compare", "compare_rdms", "delta_rsa",
            "rdm", "load_brain", "model_brain_rsa", "noise_ceiling", "rsa_curves", "delta_rsa_figure",
            "brain_rsa_figure", "itti_koch", "saliency_model",
            "spectral_residual", "affinity", "brain_alignment", "cca_alignment",
-           "downsample_masks", "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
-           "nystrom_ncut", "oracle_miou", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
+           "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
+           "nystrom_ncut", "patch_label_counts", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
            "trajectory_figure", "unstack_nodes", "autocorrelogram", "border_fields", "border_score", "classify",
            "compare_preparations", "fdr_adjust", "grid_score", "rate_transform", "ratemaps", "score_distributions",
            "selectivity", "shuffles_for_fdr", "smooth_maps", "sparsity", "spatial_information", "spatial_nulls", "spatial_stats",

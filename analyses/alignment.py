@@ -17,8 +17,9 @@ Every fit returns a `ChannelAlignment`: `align(features, key)` maps (..., D_key)
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Iterator, Mapping
 
 import numpy as np
 import scipy.linalg
@@ -185,7 +186,8 @@ def brain_alignment(features: Mapping[Hashable, Any], target: Any, dim: int = 64
     identifiable, channels mean the same in every site) or "sum" (eq. 2 of the study: the sites' pooled
     aligned features are summed, then predicted; only the sum is constrained). Loss = mean L1 brain error
     + eig_weight * ||V V^T - V' V'^T||_F^2 / b^2 (eq. 5; V, V' the top `n_eig` eigenvectors of D^-1/2 A D^-1/2
-    on `batch_nodes` random nodes of one site before/after alignment, A = exp(-(1 - cos) / t)) +
+    on `batch_nodes` random nodes of each site, drawn afresh every step, before/after alignment, A =
+    exp(-(1 - cos) / t)) +
     center_weight * ||mean z||^2 + cov_weight * mean off-diagonal covariance^2 (C.1). Adam, `steps` full-batch
     steps, seeded. info: final loss terms and the per-site R^2 of the target.
     """
@@ -230,36 +232,38 @@ def brain_alignment(features: Mapping[Hashable, Any], target: Any, dim: int = 64
         v = v[:, -n_eig:]
         return v @ v.T
 
-    before = {}
-    for k in keys:
-        flat = xs[k].reshape(-1, xs[k].shape[-1])
-        idx = torch.randperm(flat.shape[0], generator=gen)[:batch_nodes].to(dev)
-        before[k] = (idx, top_projector(flat[idx] - mu[k]).detach())
-    terms = {}
-    for step in range(steps):
-        opt.zero_grad()
-        brain = eig = center = cov = 0.0
-        pooled = []
-        for k in keys:
-            z = (xs[k] - mu[k]) @ ws[k] + bs[k]              # (stimulus, token, dim)
-            pooled.append(z.mean(1))
-            flat = z.reshape(-1, dim)
-            center = center + flat.mean(0).pow(2).sum()
-            c = torch.cov(flat.T)
-            cov = cov + (c - torch.diag(torch.diag(c))).pow(2).mean()
-            if eig_weight:
-                idx, p0 = before[k]
-                eig = eig + (top_projector(flat[idx]) - p0).pow(2).mean()
-        if combine == "sum":
-            brain = (torch.stack(pooled).sum(0) @ head + head_b - yt).abs().mean()
-        else:
-            brain = sum((p @ head + head_b - yt).abs().mean() for p in pooled) / len(keys)
-        n = len(keys)
-        loss = brain + eig_weight * eig / n + center_weight * center / n + cov_weight * cov / n
-        loss.backward()
-        opt.step()
-        terms = {"loss": float(loss.detach()), "brain_l1": float(brain.detach()), "eig": float(eig) / n if not eig_weight else float(eig.detach()) / n, "center": float(center.detach()) / n,
-                 "cov": float(cov.detach()) / n}
+    flats = {k: xs[k].reshape(-1, xs[k].shape[-1]) for k in keys}
+    # tiny per-step tensors: intra-op threads cost more than they give (on a shared 2-core machine, 20x)
+    small = sum(x.numel() for x in xs.values()) < 2_000_000
+    with _threads(torch, 1 if small else None):
+        terms = {}
+        for _ in range(steps):
+            opt.zero_grad()
+            eig = center = cov = 0.0
+            pooled = []
+            for k in keys:
+                z = (xs[k] - mu[k]) @ ws[k] + bs[k]              # (stimulus, token, dim)
+                pooled.append(z.mean(1))
+                flat = z.reshape(-1, dim)
+                center = center + flat.mean(0).pow(2).sum()
+                c = torch.cov(flat.T)
+                cov = cov + (c - torch.diag(torch.diag(c))).pow(2).mean()
+                if eig_weight:  # eq. 5 on a fresh random mini-batch of nodes
+                    idx = torch.randperm(flat.shape[0], generator=gen)[:batch_nodes].to(dev)
+                    with torch.no_grad():
+                        p0 = top_projector(flats[k][idx] - mu[k])
+                    eig = eig + (top_projector(flat[idx]) - p0).pow(2).mean()
+            if combine == "sum":
+                brain = (torch.stack(pooled).sum(0) @ head + head_b - yt).abs().mean()
+            else:
+                brain = sum((p @ head + head_b - yt).abs().mean() for p in pooled) / len(keys)
+            n = len(keys)
+            loss = brain + eig_weight * eig / n + center_weight * center / n + cov_weight * cov / n
+            loss.backward()
+            opt.step()
+            terms = {"loss": float(loss.detach()), "brain_l1": float(brain.detach()),
+                     "eig": float(torch.as_tensor(eig).detach()) / n, "center": float(center.detach()) / n,
+                     "cov": float(cov.detach()) / n}
     with torch.no_grad():
         r2 = {}
         for k in keys:
@@ -271,3 +275,15 @@ def brain_alignment(features: Mapping[Hashable, Any], target: Any, dim: int = 64
     return ChannelAlignment(maps, offsets, biases, "brain",
                             {"combine": combine, "eig_weight": eig_weight, "steps": steps, **terms, "r2": r2,
                              "head": head.detach().cpu().numpy(), "head_bias": head_b.detach().cpu().numpy()})
+
+
+@contextmanager
+def _threads(torch: Any, n: int | None) -> Iterator[None]:
+    """Run a block with `n` torch intra-op threads (None: unchanged), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

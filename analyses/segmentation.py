@@ -1,15 +1,24 @@
-"""AlignedCut colour and the oracle figure-ground / category segmentation scores (appendix C.4).
+"""Reading normalized-cut eigenvectors as segments: the AlignedCut colour, spectral t-SNE, and the oracle
+figure-ground / category segmentation scores (the study's appendix C.4).
 
-- `ncut_colors(eigvecs)`: RGB per node: a 3-D embedding of the eigenvectors of FPS-sampled nodes (t-SNE,
-  scikit-learn, as the study; or "pca", cheaper), propagated to all nodes with K = 1 (nearest sampled node
-  in eigenvector space), each axis quantile-scaled into [0, 1] (quantiles 1-q, q).
-- `oracle_segmentation(eigvecs, masks)`: the study's ORACLE protocol; it uses the ground-truth labels to
-  define class centres, so it measures how well the eigenvectors separate the labelled classes, not an
-  unsupervised segmentation: centres = mean of the first `n_eig` eigenvectors of each class's tokens; each
-  token goes to its most cosine-similar centre, or to background when that similarity < threshold; the
-  threshold is grid-searched over 10 evenly spaced values in [0, 1] and the best mIoU kept, per site.
-  Masks (stimulus, y, x) of integer labels (0 = background) are downsampled to the patch grid by majority
-  vote over each patch's pixels.
+Eigenvectors come as `(node, eig)` (from `analyses.ncut` / `nystrom_ncut`) or with the nodes unstacked, e.g.
+`(site, stimulus, token, eig)` (`unstack_nodes`, the `ncut` step's result); every function here accepts both and
+keeps the caller's layout. A node's patch-grid position is its `token_row`/`token_col` coordinate (or
+`map_y`/`map_x` for convolutional sites); nodes off the grid (CLS, registers: -1) have no pixels.
+
+- `spectral_embedding`: a 2-D or 3-D embedding of the eigenvectors (t-SNE as in the study, or PCA) fitted on
+  `n_sample` farthest-point-sampled nodes and given to every node by its nearest sampled node (K = 1,
+  Euclidean in eigenvector space; the study's Nystrom-like t-SNE, appendix C.5).
+- `ncut_colors`: the AlignedCut colour, a 3-D `spectral_embedding` with each axis quantile-scaled into the RGB
+  cube (quantiles 1 - q and q map to 0 and 1, clipped; as the authors' `rgb_from_3d_rgb_cube`).
+- `patch_label_counts`: pixels of each label inside each patch of a (stimulus, y, x) label image.
+- `oracle_segmentation`: the study's ORACLE protocol. It uses the ground-truth labels to define the class
+  centres, so it measures how well the eigenvectors separate the labelled classes, not an unsupervised
+  segmentation: centre of class c = mean of the first `n_eig` eigenvectors over the pixels labelled c (a pixel
+  takes its patch's eigenvectors); each pixel goes to its most cosine-similar centre, or to the background
+  (label 0) when that similarity is below a threshold; the threshold is grid-searched over 10 evenly spaced
+  values in [0, 1] and the best mIoU kept, per site. IoU is counted in pixels over the whole stimulus set
+  (dataset-level, as for ImageNet-segmentation and PASCAL VOC), mIoU = the mean over the labels present.
 """
 from __future__ import annotations
 
@@ -17,13 +26,96 @@ from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
 
 from .ratemaps import AnalysisInputError
 from .spectral import farthest_point_sampling
 
+GRID = (("token_row", "token_col"), ("map_y", "map_x"))
 
-def _nearest(queries: np.ndarray, points: np.ndarray, chunk: int = 8192) -> np.ndarray:
+
+# ----------------------------------------------------------------------------------------------- node views
+def _node_view(eigvecs: Any, name: str = "eigvecs") -> tuple[np.ndarray, xr.DataArray | None]:
+    """(values (n, eig) float32, the DataArray or None): nodes are every index of the dims other than `eig`."""
+    if isinstance(eigvecs, xr.DataArray):
+        if "eig" not in eigvecs.dims:
+            raise AnalysisInputError(f"{name} needs an 'eig' dim (dims {eigvecs.dims})")
+        da = eigvecs.transpose(..., "eig")
+        return np.asarray(da.values, dtype=np.float32).reshape(-1, da.sizes["eig"]), da
+    v = np.asarray(eigvecs.detach().cpu().numpy() if hasattr(eigvecs, "detach") else eigvecs, dtype=np.float32)
+    if v.ndim != 2:
+        raise AnalysisInputError(f"{name} must be (node, eig), got shape {v.shape}")
+    return v, None
+
+
+def _node_coord(da: xr.DataArray, name: str) -> np.ndarray | None:
+    """Coordinate `name` broadcast to one value per node of `_node_view(da)` (None if absent)."""
+    if name not in da.coords:
+        return None
+    c = da.coords[name]
+    node_dims = [d for d in da.dims if d != "eig"]
+    if any(d not in node_dims for d in c.dims):
+        return None
+    return np.broadcast_to(c.transpose(*[d for d in node_dims if d in c.dims]).values.reshape(
+        [da.sizes[d] if d in c.dims else 1 for d in node_dims]), [da.sizes[d] for d in node_dims]).ravel()
+
+
+def _like(values: np.ndarray, da: xr.DataArray | None, dim: str, labels: Sequence[str] | None = None,
+          attrs: dict | None = None) -> xr.DataArray:
+    """(n, k) values back in the caller's node layout, the `eig` dim replaced by `dim`."""
+    if da is None:
+        coords = {dim: list(labels)} if labels is not None else {}
+        return xr.DataArray(values, dims=("node", dim), coords=coords, attrs=attrs or {})
+    node_dims = [d for d in da.dims if d != "eig"]
+    coords = {k: c for k, c in da.coords.items() if "eig" not in c.dims}
+    if labels is not None:
+        coords[dim] = list(labels)
+    return xr.DataArray(values.reshape([da.sizes[d] for d in node_dims] + [values.shape[1]]),
+                        dims=(*node_dims, dim), coords=coords, attrs=attrs or {})
+
+
+# ----------------------------------------------------------------------------------------------- colour
+def spectral_embedding(eigvecs: Any, n_components: int = 3, method: str = "tsne", n_sample: int = 1000,
+                       perplexity: float = 100.0, max_draw: float = 4.0, seed: int = 0) -> xr.DataArray:
+    """Low-dimensional embedding of eigenvectors: t-SNE ("tsne", scikit-learn, Euclidean) or principal components
+    ("pca") of `n_sample` nodes chosen by farthest-point sampling among `max_draw * n_sample` random ones, given
+    to every node by its nearest sampled node (K = 1: t-SNE distances are non-linear, so the study propagates
+    with one neighbour). Each eigenvector is first scaled to unit norm x sqrt(nodes), so exact and Nystrom
+    eigenvectors embed alike. The study's spectral t-SNE: 2-D for trajectories (figure 9), 3-D for the colour.
+
+    eigvecs: (node, eig) or any DataArray with an `eig` dim. Returns the same layout with `eig` replaced by
+    `component` (float32).
+    """
+    if method not in ("tsne", "pca"):
+        raise AnalysisInputError(f"method must be 'tsne' or 'pca', got {method!r}")
+    if n_components not in (2, 3):
+        raise AnalysisInputError(f"n_components must be 2 or 3, got {n_components!r}")
+    v, da = _node_view(eigvecs)
+    n = v.shape[0]
+    if n < 4:
+        raise AnalysisInputError(f"eigvecs: need at least 4 nodes, got {n}")
+    if not np.isfinite(v).all():
+        raise AnalysisInputError("eigvecs contain NaN or inf (nodes without eigenvectors?); select the computed ones")
+    v = v * (np.sqrt(n) / np.maximum(np.linalg.norm(v, axis=0), 1e-12))
+    rng = np.random.default_rng(seed)
+    m = min(n_sample, n)
+    draw = np.sort(rng.choice(n, size=min(n, int(max_draw * m)), replace=False))
+    idx = draw[np.sort(farthest_point_sampling(v[draw], m, seed=seed))]
+    vs = v[idx].astype(np.float64)
+    if method == "tsne":
+        from sklearn.manifold import TSNE  # heavy import, only when asked for
+
+        emb = TSNE(n_components=n_components, perplexity=min(perplexity, (m - 1) / 3), init="pca",
+                   random_state=seed).fit_transform(vs)
+    else:
+        c = vs - vs.mean(0)
+        emb = c @ np.linalg.svd(c, full_matrices=False)[2][:n_components].T
+    full = emb[nearest_rows(v, vs.astype(np.float32))].astype(np.float32)
+    return _like(full, da, "component", attrs={"method": method, "n_sample": m, "seed": seed,
+                                               "perplexity": perplexity if method == "tsne" else 0})
+
+
+def nearest_rows(queries: np.ndarray, points: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Index of the Euclidean-nearest row of `points` (m, d) for every row of `queries` (n, d), in chunks."""
     sq = np.einsum("ij,ij->i", points, points)
     out = np.empty(queries.shape[0], dtype=np.int64)
     for lo in range(0, queries.shape[0], chunk):
@@ -31,188 +123,157 @@ def _nearest(queries: np.ndarray, points: np.ndarray, chunk: int = 8192) -> np.n
     return out
 
 
-def spectral_embedding(eigvecs: xr.DataArray, n_components: int = 3, method: str = "tsne", n_sample: int = 3000,
-                       perplexity: float = 30.0, seed: int = 0) -> xr.DataArray:
-    """Low-dimensional embedding (node, component) of eigenvectors (node, eig): t-SNE ("tsne", scikit-learn)
-    or principal components ("pca") of `n_sample` FPS-sampled nodes, propagated to all nodes by their
-    nearest sampled node (K = 1, Euclidean in eigenvector space). The study's spectral t-SNE (2-D: figure 9;
-    3-D: the colour)."""
-    if method not in ("tsne", "pca"):
-        raise AnalysisInputError(f"method must be 'tsne' or 'pca', got {method!r}")
-    v = np.asarray(eigvecs.values if isinstance(eigvecs, xr.DataArray) else eigvecs, dtype=np.float64)
-    if v.ndim != 2:
-        raise AnalysisInputError(f"eigvecs must be (node, eig), got shape {v.shape}")
-    v = v / np.maximum(np.linalg.norm(v, axis=0, keepdims=True), 1e-12) * np.sqrt(v.shape[0])
-    idx = np.sort(farthest_point_sampling(v, min(n_sample, v.shape[0]), seed=seed))
-    vs = v[idx]
-    if method == "tsne":
-        from sklearn.manifold import TSNE  # heavy import, only when asked for
-        emb = TSNE(n_components=n_components, perplexity=min(perplexity, (len(idx) - 1) / 3), init="pca",
-                   random_state=seed).fit_transform(vs)
-    else:
-        c = vs - vs.mean(0)
-        emb = c @ np.linalg.svd(c, full_matrices=False)[2][:n_components].T
-    full = emb[_nearest(v, vs)] if len(idx) < v.shape[0] else emb
-    coords = {k: c for k, c in eigvecs.coords.items() if c.dims == ("node",)} if isinstance(eigvecs, xr.DataArray) else {}
-    return xr.DataArray(full.astype(np.float32), dims=("node", "component"), coords=coords,
-                        attrs={"method": method, "n_sample": len(idx), "seed": seed})
-
-
-def ncut_colors(eigvecs: xr.DataArray, method: str = "tsne", n_sample: int = 3000, q: float = 0.95,
-                perplexity: float = 30.0, seed: int = 0) -> xr.DataArray:
-    """AlignedCut colour: (node, rgb) in [0, 1] from a 3-D `spectral_embedding`, each axis scaled so its
-    (1 - q) and q quantiles map to 0 and 1 (clipped)."""
-    emb = spectral_embedding(eigvecs, 3, method, n_sample, perplexity, seed)
-    x = emb.values.astype(np.float64)
+def ncut_colors(eigvecs: Any, method: str = "tsne", n_sample: int = 1000, q: float = 0.95,
+                perplexity: float = 100.0, seed: int = 0) -> xr.DataArray:
+    """AlignedCut colour: RGB in [0, 1] per node from a 3-D `spectral_embedding`, each axis scaled so its
+    (1 - q) and q quantiles map to 0 and 1 (clipped). Same layout as `eigvecs` with `eig` replaced by `rgb`."""
+    if not 0.5 < q <= 1:
+        raise AnalysisInputError(f"q must be in (0.5, 1], got {q!r}")
+    emb = spectral_embedding(eigvecs, 3, method, n_sample, perplexity, seed=seed)
+    x = emb.values.reshape(-1, 3).astype(np.float64)
     lo, hi = np.quantile(x, 1 - q, axis=0), np.quantile(x, q, axis=0)
     rgb = np.clip((x - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1).astype(np.float32)
-    return xr.DataArray(rgb, dims=("node", "rgb"), coords={**emb.coords, "rgb": ["r", "g", "b"]},
-                        attrs={**emb.attrs, "q": q})
+    out = xr.DataArray(rgb.reshape(emb.shape), dims=emb.dims, coords={k: c for k, c in emb.coords.items()
+                                                                      if "component" not in c.dims},
+                       attrs={**emb.attrs, "q": q})
+    return out.rename(component="rgb").assign_coords(rgb=["r", "g", "b"])
 
 
-def downsample_masks(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(stimulus, y, x) integer labels -> (stimulus, rows, cols): each patch's majority label (ties: the
-    smaller label); patch edges at floor(i * H / rows)."""
-    m = np.asarray(masks)
+# ----------------------------------------------------------------------------------------------- oracle
+def patch_label_counts(masks: Any, grid: tuple[int, int], n_labels: int | None = None) -> np.ndarray:
+    """Pixels of each label in each patch: masks (stimulus, y, x) integer labels >= 0 -> counts (stimulus, rows,
+    cols, label) int32, patch (i, j) covering rows [floor(i H / rows), floor((i + 1) H / rows)) (likewise
+    columns). n_labels: the label axis length (default max label + 1)."""
+    m = np.asarray(masks.values if isinstance(masks, xr.DataArray) else masks)
     if m.ndim != 3 or m.dtype.kind not in "iub":
         raise AnalysisInputError(f"masks must be integer labels (stimulus, y, x), got shape {m.shape} dtype {m.dtype}")
-    m = m.astype(np.int64)
+    if m.size and m.min() < 0:
+        raise AnalysisInputError("masks must be labels >= 0 (0 = background)")
     rows, cols = grid
+    n_lab = int(m.max()) + 1 if n_labels is None else int(n_labels)
+    if m.size and m.max() >= n_lab:
+        raise AnalysisInputError(f"masks hold label {int(m.max())} >= n_labels={n_lab}")
     ys = np.minimum((np.arange(m.shape[1]) * rows) // m.shape[1], rows - 1)
     xs = np.minimum((np.arange(m.shape[2]) * cols) // m.shape[2], cols - 1)
-    n_lab = int(m.max()) + 1
-    cell = (ys[:, None] * cols + xs[None, :]).ravel()
-    out = np.empty((m.shape[0], rows, cols), dtype=np.int64)
+    cell = (ys[:, None] * cols + xs[None, :]).ravel() * n_lab
+    out = np.empty((m.shape[0], rows * cols * n_lab), dtype=np.int32)
     for s in range(m.shape[0]):
-        counts = np.zeros((rows * cols, n_lab), dtype=np.int64)
-        np.add.at(counts, (cell, m[s].ravel()), 1)
-        out[s] = counts.argmax(1).reshape(rows, cols)
-    return out
+        out[s] = np.bincount(cell + m[s].ravel(), minlength=rows * cols * n_lab)
+    return out.reshape(m.shape[0], rows, cols, n_lab)
 
 
-def _miou(pred: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    iou = np.array([((pred == c) & (truth == c)).sum() / max(1, ((pred == c) | (truth == c)).sum()) for c in labels])
-    return float(iou.mean()), iou
+def _grid_names(da: xr.DataArray) -> tuple[str, str]:
+    for pair in GRID:
+        if all(c in da.coords for c in pair):
+            return pair
+    raise AnalysisInputError("eigvecs need patch-grid coordinates token_row/token_col (or map_y/map_x) and a "
+                             "stimulus coordinate; record tokens = 'patches' or 'all'")
+
+
+def _site_labels(da: xr.DataArray) -> np.ndarray:
+    n = int(np.prod([s for d, s in da.sizes.items() if d != "eig"]))
+    site = _node_coord(da, "site")
+    site = np.full(n, "", object) if site is None else site.astype(object)
+    subject = _node_coord(da, "subject")
+    if subject is not None:
+        site = np.array([f"{a}/{b}" if a else b for a, b in zip(subject.astype(str), site.astype(str))], object)
+    return site
 
 
 def oracle_segmentation(eigvecs: xr.DataArray, masks: Any, n_eig: int = 10, binary: bool = False,
-                        thresholds: Sequence[float] | None = None) -> xr.Dataset:
-    """Oracle mIoU per site (appendix C.4; uses the ground-truth labels to define class centres).
+                        thresholds: Sequence[float] | None = None, label_names: Sequence[str] | None = None
+                        ) -> xr.Dataset:
+    """Oracle mIoU per site (appendix C.4; the class centres come from the ground-truth labels).
 
-    eigvecs: (node, eig) with node coordinates `stimulus`, `token_row`, `token_col` (and `site`, `subject`
-    when several); tokens with token_row < 0 (CLS) are ignored. masks: (stimulus, y, x) integer labels over
-    the same stimuli (index = the `stimulus` coordinate), 0 = background; binary=True scores figure-ground
-    (labels > 0 -> 1). Returns Dataset: `miou (site)`, `threshold (site)` (the best), `miou_by_threshold
-    (site, threshold)`, `iou (site, label)`.
+    eigvecs: `(node, eig)` or e.g. `(site, stimulus, token, eig)`, with coordinates `stimulus`, `token_row`,
+    `token_col` (or `map_y`, `map_x`) and `site` (and `subject`) where there are several. masks: label images
+    `(stimulus, y, x)` over the same stimuli (0 = background, 1..K objects; a DataArray's `stimulus` coordinate
+    is matched, an array is indexed by the eigenvectors' stimulus values), or their `patch_label_counts` as a
+    DataArray `(stimulus, token_row, token_col, label)`. binary=True scores figure-ground (all objects one
+    class). thresholds: default 10 values evenly spaced in [0, 1]. label_names: names of labels 0..K.
+
+    Returns Dataset: `miou (site)`, `threshold (site)` (the best), `miou_by_threshold (site, threshold_grid)`,
+    `iou (site, label)` at the best threshold (NaN for labels absent from the masks); attrs say it is an oracle.
     """
-    if not isinstance(eigvecs, xr.DataArray) or not {"stimulus", "token_row", "token_col"} <= set(eigvecs.coords):
-        raise AnalysisInputError("eigvecs must be a DataArray (node, eig) with stimulus/token_row/token_col coords")
-    m = np.asarray(masks.values if isinstance(masks, xr.DataArray) else masks)
-    if binary:
-        m = (m > 0).astype(np.int64)
-    thr = np.linspace(0, 1, 10) if thresholds is None else np.asarray(thresholds, dtype=float)
-    rows = eigvecs["token_row"].values
-    cols = eigvecs["token_col"].values
+    if not isinstance(eigvecs, xr.DataArray):
+        raise AnalysisInputError("eigvecs must be an xr.DataArray with stimulus and token_row/token_col coords")
+    if not isinstance(n_eig, (int, np.integer)) or n_eig < 1:
+        raise AnalysisInputError(f"n_eig must be a positive integer, got {n_eig!r}")
+    v_all, da = _node_view(eigvecs)
+    v_all = v_all[:, :n_eig].astype(np.float64)
+    rname, cname = _grid_names(da)
+    rows, cols = _node_coord(da, rname), _node_coord(da, cname)
+    stim = _node_coord(da, "stimulus")
+    if rows is None or cols is None or stim is None:
+        raise AnalysisInputError("eigvecs need stimulus and patch-grid coordinates along their node dims")
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
     grid = (int(rows.max()) + 1, int(cols.max()) + 1)
-    small = downsample_masks(m, grid)
-    site = eigvecs["site"].values if "site" in eigvecs.coords else np.full(eigvecs.sizes["node"], "", object)
-    if "subject" in eigvecs.coords:
-        site = np.array([f"{a}/{b}" if a else b for a, b in zip(eigvecs["subject"].values, site)], dtype=object)
+    counts, mask_stim = _counts(masks, grid)
+    if binary:
+        counts = np.stack([counts[..., 0], counts[..., 1:].sum(-1)], -1)
+    n_lab = counts.shape[-1]
+    lookup = {s: i for i, s in enumerate(mask_stim.tolist())} if mask_stim is not None else None
+    if lookup is not None:
+        missing = [s for s in np.unique(stim).tolist() if s not in lookup]
+        if missing:
+            raise AnalysisInputError(f"masks have no stimulus {missing[:5]} of the eigenvectors")
+        sidx = np.array([lookup[s] for s in stim.tolist()], dtype=np.int64)
+    else:
+        sidx = stim.astype(np.int64)
+        if sidx.max() >= counts.shape[0]:
+            raise AnalysisInputError(f"masks cover {counts.shape[0]} stimuli but eigvecs reference stimulus "
+                                     f"{int(sidx.max())}")
+    thr = np.linspace(0, 1, 10) if thresholds is None else np.asarray(thresholds, dtype=float)
+    site = _site_labels(da)
     sites = list(dict.fromkeys(site.tolist()))
-    labels = np.unique(small)
-    v_all = np.asarray(eigvecs.values[:, :n_eig], dtype=np.float64)
-    stim = eigvecs["stimulus"].values
-    if stim.max() >= small.shape[0]:
-        raise AnalysisInputError(f"masks cover {small.shape[0]} stimuli but eigvecs reference stimulus {stim.max()}")
     best, best_t, by_t, ious = [], [], [], []
     for s in sites:
-        sel = (site == s) & (rows >= 0)
-        v = v_all[sel]
-        truth = small[stim[sel], rows[sel], cols[sel]]
-        centres = np.stack([v[truth == c].mean(0) if (truth == c).any() else np.zeros(v.shape[1]) for c in labels])
-        vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        cn = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-        sim = vn @ cn.T
-        arg, top = labels[sim.argmax(1)], sim.max(1)
-        scores = [_miou(np.where(top < th, 0, arg), truth, labels) for th in thr]
-        k = int(np.argmax([x[0] for x in scores]))
-        best.append(scores[k][0]), best_t.append(thr[k]), by_t.append([x[0] for x in scores]), ious.append(scores[k][1])
+        sel = (site == s) & (rows >= 0) & (cols >= 0)
+        c = counts[sidx[sel], rows[sel], cols[sel]].astype(np.float64)  # (tokens, labels) pixel counts
+        scores = _oracle_scores(v_all[sel], c, thr)
+        k = int(np.nanargmax([x[0] for x in scores]))
+        best.append(scores[k][0]), best_t.append(thr[k]), by_t.append([x[0] for x in scores])
+        ious.append(scores[k][1])
+    names = list(label_names) if label_names is not None and not binary else None
+    labels = ["background", "figure"] if binary else (names if names and len(names) == n_lab else list(range(n_lab)))
     return xr.Dataset({"miou": ("site", np.array(best)), "threshold": ("site", np.array(best_t)),
                        "miou_by_threshold": (("site", "threshold_grid"), np.array(by_t)),
                        "iou": (("site", "label"), np.array(ious))},
                       coords={"site": sites, "threshold_grid": thr, "label": labels},
-                      attrs={"protocol": "oracle (AlignedCut C.4): class centres from ground-truth labels",
-                             "n_eig": n_eig, "binary": int(binary), "downsample": "majority per patch"})
+                      attrs={"protocol": "oracle (AlignedCut appendix C.4): class centres from the ground-truth "
+                                         "labels; pixel IoU over the stimulus set",
+                             "n_eig": int(min(n_eig, v_all.shape[1])), "task": "figure-ground" if binary else
+                             "category"})
 
 
-def oracle_miou(eigvecs: xr.DataArray, masks: Any, n_eig: int = 10, binary: bool = False) -> xr.DataArray:
-    """`oracle_segmentation(...)["miou"]`: mIoU per site (DataArray, coordinate `threshold` = the best)."""
-    ds = oracle_segmentation(eigvecs, masks, n_eig, binary)
-    return ds["miou"].assign_coords(threshold=ds["threshold"])
+def _counts(masks: Any, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(masks, xr.DataArray) and "label" in masks.dims:
+        c = masks.transpose("stimulus", ..., "label")
+        if c.shape[1:3] != grid:
+            raise AnalysisInputError(f"mask counts cover a {c.shape[1:3]} patch grid, the eigenvectors {grid}")
+        return np.asarray(c.values), (c["stimulus"].values if "stimulus" in c.coords else None)
+    stim = masks["stimulus"].values if isinstance(masks, xr.DataArray) and "stimulus" in masks.coords else None
+    return patch_label_counts(masks, grid), stim
 
 
-# ----------------------------------------------------------------------------------------------- figures
-def ncut_image_figure(colors: xr.DataArray, stimuli: Sequence[int], sites: Sequence[str] | None = None) -> Figure:
-    """RGB image of every site (columns) for a few stimuli (rows): each patch token coloured by its AlignedCut
-    colour on the patch grid (token_row, token_col)."""
-    site = colors["site"].values if "site" in colors.coords else np.full(colors.sizes["node"], "", object)
-    sites = list(dict.fromkeys(site.tolist())) if sites is None else list(sites)
-    rows, cols, stim = (colors[c].values for c in ("token_row", "token_col", "stimulus"))
-    grid = (int(rows.max()) + 1, int(cols.max()) + 1)
-    fig = Figure(figsize=(1.2 * len(sites) + 0.5, 1.2 * len(stimuli) + 0.4))
-    axes = fig.subplots(len(stimuli), len(sites), squeeze=False)
-    rgb = colors.values
-    for i, s in enumerate(stimuli):
-        for j, name in enumerate(sites):
-            sel = (stim == s) & (site == name) & (rows >= 0)
-            img = np.ones(grid + (3,), dtype=np.float32)
-            img[rows[sel], cols[sel]] = rgb[sel]
-            ax = axes[i, j]
-            ax.imshow(img, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_title(str(name).split(".")[-2:] and ".".join(str(name).split(".")[-2:]), fontsize=6)
-            if j == 0:
-                ax.set_ylabel(f"stimulus {s}", fontsize=6)
-    fig.tight_layout()
-    return fig
-
-
-def trajectory_figure(embedding: xr.DataArray, stimulus: int, tokens: Sequence[int],
-                      sites: Sequence[str] | None = None, labels: Sequence[str] | None = None) -> Figure:
-    """2-D spectral t-SNE trajectories (the study's figure 9): every node of `embedding (node, 2)` as a grey
-    point coloured by site depth (dark = early), and the path of each chosen token of `stimulus` from site to
-    site (in `sites` order, default first appearance)."""
-    site = embedding["site"].values
-    sites = list(dict.fromkeys(site.tolist())) if sites is None else list(sites)
-    depth = np.array([sites.index(s) if s in sites else -1 for s in site])
-    xy = embedding.values
-    fig = Figure(figsize=(5, 4.5))
-    ax = fig.subplots()
-    keep = depth >= 0
-    sc = ax.scatter(xy[keep, 0], xy[keep, 1], c=depth[keep], s=2, cmap="viridis", alpha=0.3, linewidths=0)
-    fig.colorbar(sc, ax=ax, label="site (depth)")
-    tok, stim = embedding["token"].values, embedding["stimulus"].values
-    for i, t in enumerate(tokens):
-        path = [np.flatnonzero((site == s) & (tok == t) & (stim == stimulus)) for s in sites]
-        pts = np.array([xy[p[0]] for p in path if p.size])
-        ax.plot(pts[:, 0], pts[:, 1], "-o", ms=3, lw=1, label=labels[i] if labels else f"token {t}")
-    ax.legend(fontsize=6, frameon=False)
-    ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(f"spectral t-SNE trajectories, stimulus {stimulus}", fontsize=8)
-    return fig
-
-
-def miou_figure(scores: xr.Dataset | xr.DataArray, title: str = "oracle mIoU per site") -> Figure:
-    """mIoU per site (x: site order) from `oracle_segmentation` / `oracle_miou`."""
-    miou = scores["miou"] if isinstance(scores, xr.Dataset) else scores
-    fig = Figure(figsize=(max(3, 0.35 * miou.sizes["site"] + 1), 2.6))
-    ax = fig.subplots()
-    ax.plot(np.arange(miou.sizes["site"]), miou.values, "-o", ms=3)
-    ax.set_xticks(np.arange(miou.sizes["site"]), [str(s).split(".")[-2] if "." in str(s) else str(s)
-                                                  for s in miou["site"].values], fontsize=6, rotation=90)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("mIoU (oracle)")
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return fig
+def _oracle_scores(v: np.ndarray, counts: np.ndarray, thresholds: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """(mIoU, IoU per label) for each threshold; v (tokens, e) eigenvectors, counts (tokens, labels) pixels."""
+    truth = counts.sum(0)
+    present = truth > 0
+    centres = (counts.T @ v) / np.maximum(truth, 1)[:, None]
+    vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    cn = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    sim = vn @ cn.T
+    sim[:, ~present] = -np.inf  # a label with no pixels has no centre
+    arg, top = sim.argmax(1), sim.max(1)
+    pixels = counts.sum(1)
+    out = []
+    for th in thresholds:
+        pred = np.where(top < th, 0, arg)
+        onehot = np.zeros_like(counts)
+        onehot[np.arange(len(pred)), pred] = 1.0
+        inter = (onehot * counts).sum(0)
+        union = onehot.T @ pixels + truth - inter
+        iou = np.where(present, inter / np.maximum(union, 1), np.nan)
+        out.append((float(np.nanmean(iou)), iou))
+    return out

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.sparse.linalg
 import xarray as xr
 
@@ -104,9 +105,6 @@ class _Ops:
     def randn(self, shape: tuple[int, int], seed: int) -> Any:
         return self.asarray(np.random.default_rng(seed).standard_normal(shape))
 
-    def rowdot(self, a: Any, b: Any) -> Any:
-        return np.einsum("ij,ij->i", a, b) if self.torch is None else (a * b).sum(1)
-
     def topk(self, s: Any, k: int) -> tuple[Any, Any]:
         """Values and column indices of the k largest entries of every row (unordered)."""
         if self.torch is not None:
@@ -122,33 +120,29 @@ class _Ops:
         return self.torch.empty(shape, dtype=self.torch.float32, device=self.device)
 
 
-def _topk_numpy(s: np.ndarray, k: int, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Exact row-wise top-k of a (n, m) array, faster than a full `argpartition` for m >> k.
+def _topk_numpy(s: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Exact row-wise top-k of a (n, m) array (values, column indices; unordered), faster than a full
+    `argpartition` for m >> k.
 
-    The k largest entries of a row lie in the k blocks (of `block` columns) with the largest maxima (every
-    block holding one has a maximum >= the k-th largest value, and at most k blocks do), so only k * block
-    candidates per row are partitioned.
+    Let b be a row's k-th largest maximum over blocks of `block` columns: k blocks hold a value >= b, so the
+    row's k-th largest value is >= b, and every top-k entry is among the entries >= b (about k of them). Those
+    are found with one comparison, sorted per row, and the first k kept.
     """
     n, m = s.shape
-    if m <= 4 * k * block or k >= m:
-        if k >= m:
-            idx = np.broadcast_to(np.arange(m), (n, m)).copy()
-        else:
-            idx = np.argpartition(s, m - k, axis=1)[:, m - k:]
+    if k >= m:
+        idx = np.broadcast_to(np.arange(m), (n, m)).copy()
         return np.take_along_axis(s, idx, axis=1), idx
-    nb = m // block
-    bmax = s[:, :nb * block].reshape(n, nb, block).max(axis=2)
-    if nb * block < m:  # a ragged last block
-        bmax = np.concatenate([bmax, s[:, nb * block:].max(axis=1, keepdims=True)], axis=1)
-    kb = min(k, bmax.shape[1])
-    top = np.argpartition(bmax, bmax.shape[1] - kb, axis=1)[:, -kb:]
-    cols = (top[:, :, None] * block + np.arange(block)).reshape(n, -1)
-    np.minimum(cols, m - 1, out=cols)  # the ragged block: duplicates of the last column are harmless ...
-    cand = np.take_along_axis(s, cols, axis=1)
-    dup = (top == nb)[:, :, None] & (np.arange(block) >= m - nb * block)[None, None, :]
-    cand[dup.reshape(n, -1)] = -np.inf  # ... once masked out
-    j = np.argpartition(cand, cand.shape[1] - k, axis=1)[:, -k:]
-    return np.take_along_axis(cand, j, axis=1), np.take_along_axis(cols, j, axis=1)
+    if m <= 4 * k * block:
+        idx = np.argpartition(s, m - k, axis=1)[:, m - k:]
+        return np.take_along_axis(s, idx, axis=1), idx
+    bmax = np.maximum.reduceat(s, np.arange(0, m, block), axis=1)
+    nb = bmax.shape[1]
+    thr = np.partition(bmax, nb - k, axis=1)[:, nb - k]
+    rows, cols = np.nonzero(s >= thr[:, None])
+    vals = s[rows, cols]
+    order = np.lexsort((-vals, rows))  # by row, then by value descending
+    take = np.searchsorted(rows[order], np.arange(n))[:, None] + np.arange(k)
+    return vals[order][take], cols[order][take]
 
 
 def _backend(features: Any, device: Any) -> _Ops:
@@ -394,18 +388,35 @@ def _as_2d(x: Any, label: str) -> Any:
 
 # ----------------------------------------------------------------------------------------------- graph pieces
 def affinity(x: Any, y: Any = None, t: float = 1.0, ops: _Ops | None = None) -> Any:
-    """exp(-(1 - cos) / t) between the rows of L2-normalised `x` (n, D) and `y` (m, D) (default `x`)."""
+    """exp(-(1 - cos) / t) between the rows of L2-normalised `x` (n, D) and `y` (m, D) (default `x`: then the
+    numpy path computes one triangle of x x^T (BLAS syrk, half the work) and mirrors it, so A is exactly
+    symmetric)."""
     ops = ops or _Ops()
-    s = x @ (x if y is None else y).T
+    if y is None and ops.torch is None:
+        # syrk fills the upper triangle of a Fortran array; its transpose is C-ordered with the lower one filled
+        s = scipy.linalg.blas.ssyrk(1.0, x).T
+        _mirror_lower(s)
+    else:
+        s = x @ (x if y is None else y).T
     s -= 1.0
     s *= 1.0 / t
     return ops.exp_(s)
 
 
-def _normalise_affinity(a: Any, block: int = 2048) -> Any:
-    """In place: A <- (A + A^T) / 2 (blockwise, no full temporary), then D^-1/2 A D^-1/2; returns the degree."""
+def _mirror_lower(a: Any, block: int = 2048) -> None:
+    """In place: the strict upper triangle of square `a` <- the transpose of its lower triangle (blockwise)."""
     m = a.shape[0]
     for i in range(0, m, block):
+        a[i:i + block, i:i + block] = np.tril(a[i:i + block, i:i + block]) + np.tril(a[i:i + block, i:i + block], -1).T
+        for j in range(i + block, m, block):
+            a[i:i + block, j:j + block] = a[j:j + block, i:i + block].T
+
+
+def _normalise_affinity(a: Any, symmetric: bool = False, block: int = 2048) -> Any:
+    """In place: A <- (A + A^T) / 2 (blockwise, no full temporary; skipped when `symmetric`), then
+    D^-1/2 A D^-1/2; returns the degree D (the row sums)."""
+    m = a.shape[0]
+    for i in range(0, m, block) if not symmetric else ():
         for j in range(i, m, block):
             avg = (a[i:i + block, j:j + block] + a[j:j + block, i:i + block].T) * 0.5
             a[i:i + block, j:j + block] = avg
@@ -437,12 +448,13 @@ def _top_eigen(m_: Any, k: int, ops: _Ops, solver: str, n_iter: int, seed: int) 
         order = np.argsort(w)[::-1][:k]
         vec = ops.numpy(basis @ ops.asarray(z[:, order]))
         return w[order], vec.astype(np.float32)
-    a = ops.numpy(m_).astype(np.float64)
     if solver == "eigsh" and k < n - 1:
+        a = ops.numpy(m_)  # float32: Lanczos runs in float64 on matrix-vector products, no float64 copy
+        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: a @ v.astype(np.float32), dtype=np.float64)
         v0 = np.random.default_rng(seed).standard_normal(n)
-        w, v = scipy.sparse.linalg.eigsh(a, k=k, which="LA", v0=v0)
+        w, v = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0, tol=1e-8)
     else:
-        w, v = scipy.linalg.eigh(a, subset_by_index=[n - k, n - 1])
+        w, v = scipy.linalg.eigh(ops.numpy(m_).astype(np.float64), subset_by_index=[n - k, n - 1])
     order = np.argsort(w)[::-1]
     return w[order], v[:, order].astype(np.float32)
 
@@ -509,7 +521,7 @@ def ncut(features: Any, n_eig: int = 20, t: float = 1.0, *, solver: str = "auto"
     if not ops.isfinite_all(x):
         raise AnalysisInputError("features contain NaN or inf; drop or fill those nodes")
     a = affinity(x, t=t, ops=ops)
-    deg = ops.numpy(_normalise_affinity(a))
+    deg = ops.numpy(_normalise_affinity(a, symmetric=ops.torch is None))
     solver = ("eigh" if src.n <= 1000 else "eigsh") if solver == "auto" else solver
     w, v = _top_eigen(a, n_eig, ops, solver, 0, seed)
     del a
@@ -521,21 +533,23 @@ def ncut(features: Any, n_eig: int = 20, t: float = 1.0, *, solver: str = "auto"
 
 
 def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int = 10, t: float = 1.0, *,
-                 search_dim: int | None = 128, rerank: int = 4, fps_dim: int = 8, max_draw: float = 4.0,
-                 n_iter: int = 10, orthogonalize: bool = False, chunk_size: int = 4096,
-                 transform: Callable | None = None, feature_dim: str | None = None, device: Any = None,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None) -> xr.DataArray:
+                 sample: Sequence[int] | np.ndarray | None = None, search_dim: int | None = 128, rerank: int = 4,
+                 fps_dim: int = 8, max_draw: float = 4.0, n_iter: int = 10, orthogonalize: bool = False,
+                 chunk_size: int = 4096, transform: Callable | None = None, feature_dim: str | None = None,
+                 device: Any = None, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> xr.DataArray:
     """Nystrom-like normalized cut (the study's approximation; steps in the module docstring).
 
     features: (N, D) in any form the module accepts (streamed in blocks; never copied whole). n_sample:
     nodes of the subgraph whose eigenvectors are solved exactly (FPS among `max_draw * n_sample` random
-    nodes, in `fps_dim` principal components). knn: sampled neighbours averaged per node (K = 3 to 10 in the
-    study), weighted by their affinity. t: temperature. search_dim: principal components used to find
-    `rerank * knn` candidate neighbours, re-ranked exactly (None: exact search in all D dims). n_iter:
-    subspace iterations of the randomized eigensolver. orthogonalize: Cholesky-QR the propagated
-    eigenvectors (the authors' optional post-hoc Gram-Schmidt; off, as in the paper, so they are near- but
-    not exactly orthogonal). chunk_size: nodes per propagation step (memory: chunk_size x n_sample float32).
-    progress: called as progress(done_nodes, total_nodes).
+    nodes, in `fps_dim` principal components); n_sample >= N solves the whole graph. sample: the subgraph's
+    node indices, chosen by the caller instead (then n_sample, fps_dim and max_draw are unused). knn: sampled
+    neighbours averaged per node (K = 3 to 10 in the study), weighted by their affinity. t: temperature.
+    search_dim: principal components used to find `rerank * knn` candidate neighbours, re-ranked exactly
+    (None: exact search in all D dims). n_iter: subspace iterations of the randomized eigensolver.
+    orthogonalize: Cholesky-QR the propagated eigenvectors (the authors' optional post-hoc Gram-Schmidt; off,
+    as in the paper, so they are near- but not exactly orthogonal). chunk_size: nodes per propagation step
+    (memory: chunk_size x n_sample float32). progress: called as progress(done_nodes, total_nodes).
 
     Returns `xr.DataArray (node, eig)` float32 like `ncut` (eigenvalues are the subgraph's; column norms
     are about sqrt(N / n_sample) unless orthogonalized), with a boolean `sampled (node)` coordinate marking
@@ -555,14 +569,21 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
     src = _Source(features, transform, feature_dim)
     ops = _backend(features, device)
     n = src.n
-    m = min(n_sample, n)
+    rng = np.random.default_rng(seed)
+    if sample is not None:
+        draw = np.unique(np.asarray(_cpu(sample)).astype(np.int64).ravel())
+        if draw.size != np.size(sample) or draw.size == 0 or draw[0] < 0 or draw[-1] >= n:
+            raise AnalysisInputError(f"sample must be distinct node indices in [0, {n}), got {np.size(sample)} "
+                                     "values")
+        m = n_draw = draw.size
+    else:
+        m = min(n_sample, n)
+        n_draw = min(n, int(math.ceil(max_draw * m)))
+        draw = np.sort(rng.choice(n, size=n_draw, replace=False)) if n_draw < n else np.arange(n)
     if n_eig >= m:
         raise AnalysisInputError(f"n_eig={n_eig} must be smaller than the sample ({m} nodes)")
-    rng = np.random.default_rng(seed)
 
-    # 1. presample (read once) and its PCA bases
-    n_draw = min(n, int(math.ceil(max_draw * m)))
-    draw = np.sort(rng.choice(n, size=n_draw, replace=False)) if n_draw < n else np.arange(n)
+    # 1. presample (read once) and its second-moment matrix (PCA bases for FPS and the neighbour search)
     xd = ops.normalize_rows(ops.asarray(src.take(draw)))
     if not ops.isfinite_all(xd):
         raise AnalysisInputError("features contain NaN or inf; drop or fill those nodes")
@@ -589,7 +610,7 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
     # 3. eigenvectors of the sample's normalised affinity
     tick = time.perf_counter()
     a = affinity(xs, t=t, ops=ops)
-    _normalise_affinity(a)
+    _normalise_affinity(a, symmetric=ops.torch is None)
     w, u = _top_eigen(a, n_eig, ops, "randomized", n_iter, seed)
     del a
     u = _sign_fix(u)
@@ -604,11 +625,11 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
         out[sample_idx] = u
     else:
         k = min(knn, m)
-        use_search = search_dim is not None and search_dim < d and rerank * k < m
-        if use_search:
+        basis = None
+        if search_dim is not None and search_dim < d and rerank * k < m:
             ws, vs = np.linalg.eigh(second)
             basis = ops.asarray(vs[:, np.argsort(ws)[::-1][:search_dim]])
-            ps = xs @ basis
+        knn_fn = _Neighbours(xs, k, basis, rerank, ops)
         u_b = ops.asarray(u)
         for start, block in src.blocks():
             for lo in range(0, block.shape[0], chunk_size):
@@ -616,15 +637,7 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
                 if not ops.isfinite_all(xb):
                     raise AnalysisInputError(f"features contain NaN or inf (near node {start + lo}); drop or "
                                              "fill those nodes")
-                if use_search:
-                    _, cand = ops.topk((xb @ basis) @ ps.T, rerank * k)
-                    sims = ops.empty(tuple(cand.shape))
-                    for j in range(cand.shape[1]):
-                        sims[:, j] = ops.rowdot(xb, xs[cand[:, j]])
-                    sim, pos = ops.topk(sims, k)
-                    idx = ops.take_along(cand, pos)
-                else:
-                    sim, idx = ops.topk(xb @ xs.T, k)
+                sim, idx = knn_fn(xb)
                 wgt = ops.exp_((sim - 1.0) * (1.0 / t))
                 wgt = wgt / wgt.sum(1)[:, None]
                 acc = wgt[:, 0:1] * u_b[idx[:, 0]]
@@ -642,9 +655,32 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
     attrs = {"method": "nystrom_ncut", "t": float(t), "n_nodes": n, "n_sample": int(m), "knn": int(min(knn, m)),
              "search_dim": -1 if search_dim is None else int(search_dim), "rerank": int(rerank),
              "fps_dim": int(fps_dim), "n_draw": int(n_draw), "n_iter": int(n_iter), "seed": int(seed),
-             "orthogonalize": int(orthogonalize), "backend": ops.name,
-             **{f"seconds_{k_}": round(v_, 3) for k_, v_ in timings.items()}}
+             "sample": "given" if sample is not None else "fps", "orthogonalize": int(orthogonalize),
+             "backend": ops.name, **{f"seconds_{k_}": round(v_, 3) for k_, v_ in timings.items()}}
     return _eig_array(out, w, src, sampled, attrs)
+
+
+class _Neighbours:
+    """The `k` most cosine-similar rows of `xs` (m, D; L2-normalised) for each row of a block: exact, or
+    candidates from the top principal components (`basis` (D, p); dot products there approximate those in D)
+    re-ranked with the exact similarity. Returns (similarities, indices), each (rows, k)."""
+
+    def __init__(self, xs: Any, k: int, basis: Any, rerank: int, ops: _Ops, sub: int = 512):
+        self.xs, self.k, self.basis, self.ops, self.sub = xs, k, basis, ops, sub
+        self.n_cand = rerank * k
+        self.ps_t = None if basis is None else (xs @ basis).T
+
+    def __call__(self, xb: Any) -> tuple[Any, Any]:
+        ops = self.ops
+        if self.basis is None:
+            return ops.topk(xb @ self.xs.T, self.k)
+        _, cand = ops.topk((xb @ self.basis) @ self.ps_t, self.n_cand)
+        sims = ops.empty(tuple(cand.shape))
+        for lo in range(0, cand.shape[0], self.sub):  # gathered candidates (sub, n_cand, D), one batch at a time
+            g = self.xs[cand[lo:lo + self.sub]]
+            sims[lo:lo + self.sub] = (g @ xb[lo:lo + self.sub, :, None])[..., 0]
+        sim, pos = ops.topk(sims, self.k)
+        return sim, ops.take_along(cand, pos)
 
 
 def _check_common(n_eig: int, t: float) -> None:

@@ -9,6 +9,18 @@ import analyses
 from analyses import AnalysisInputError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These graphs are tiny: BLAS / OpenMP / torch threads only contend (20x slower on a shared 2-core box)."""
+    from threadpoolctl import threadpool_limits
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
 def clustered(n=600, d=64, k=5, noise=0.5, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d))
@@ -59,7 +71,7 @@ def test_nystrom_agrees_with_exact_on_clustered_graph():
     for search in (None, 32):
         ny = analyses.nystrom_ncut(x, n_eig=6, n_sample=400, knn=10, search_dim=search, seed=1)
         assert ny.sampled.values.sum() == 400
-        assert angles(e.values, ny.values).max() < 10.0
+        assert angles(e.values, ny.values).max() < 7.0  # measured 5.7 deg with 13% of the nodes sampled
         pred = KMeans(6, n_init=10, random_state=0).fit_predict(ny.values / np.linalg.norm(ny.values, axis=0))
         assert adjusted_rand_score(lab, pred) == 1.0
     ny2 = analyses.nystrom_ncut(x, n_eig=6, n_sample=400, seed=1, orthogonalize=True)
@@ -141,42 +153,110 @@ def test_brain_alignment_recovers_shared_space():
 
 
 def scenes(n=12, grid=6, d=32, seed=0, noise=0.3, planted=True):
+    """Stimuli with one 3x3-patch object each (label 1 or 2 alternately, 4 px per patch); planted features:
+    figure tokens near one vector per label, ground tokens near another."""
     rng = np.random.default_rng(seed)
     masks = np.zeros((n, grid * 4, grid * 4), dtype=np.int64)
-    fg, bg = rng.standard_normal(d), rng.standard_normal(d)
+    vec = rng.standard_normal((3, d))
     feats = np.empty((n, grid * grid, d), dtype=np.float32)
     for s in range(n):
         y0, x0 = rng.integers(0, grid - 2, size=2)
-        masks[s, y0 * 4:(y0 + 3) * 4, x0 * 4:(x0 + 3) * 4] = 1
+        masks[s, y0 * 4:(y0 + 3) * 4, x0 * 4:(x0 + 3) * 4] = 1 + s % 2
         small = masks[s, ::4, ::4].ravel()
-        base = np.where(small[:, None] == 1, fg, bg) if planted else 0
+        base = vec[small] if planted else 0
         feats[s] = base + noise * rng.standard_normal((grid * grid, d))
     tok = np.arange(grid * grid)
     da = xr.DataArray(feats, dims=("stimulus", "token", "unit"),
-                      coords={"token_row": ("token", tok // grid), "token_col": ("token", tok % grid)})
+                      coords={"stimulus": np.arange(n), "token": tok, "token_row": ("token", tok // grid),
+                              "token_col": ("token", tok % grid)})
     return da, masks
 
 
-def test_oracle_segmentation_planted_object_vs_noise():
+def test_oracle_segmentation_planted_objects_vs_noise():
     da, masks = scenes()
     e = analyses.ncut({"site.a": da}, n_eig=6)
-    good = analyses.oracle_miou(e, masks, n_eig=6, binary=True)
-    assert good.dims == ("site",) and float(good[0]) > 0.95
+    fg = analyses.oracle_segmentation(e, masks, n_eig=6, binary=True)
+    assert fg.miou.dims == ("site",) and float(fg.miou[0]) > 0.95 and list(fg.label.values) == ["background", "figure"]
+    cat = analyses.oracle_segmentation(e, masks, n_eig=6, label_names=["bg", "one", "two"])
+    assert float(cat.miou[0]) > 0.95 and list(cat.label.values) == ["bg", "one", "two"]
     noise, _ = scenes(planted=False)
     bad = analyses.oracle_segmentation(analyses.ncut({"site.a": noise}, n_eig=6), masks, n_eig=6, binary=True)
     assert float(bad.miou[0]) < 0.65 and bad.miou_by_threshold.shape == (1, 10)
-    assert analyses.downsample_masks(masks, (6, 6)).shape == (12, 6, 6)
+    # the same from the unstacked layout, and from precomputed patch counts
+    grid = analyses.unstack_nodes(e)
+    counts = xr.DataArray(analyses.patch_label_counts(masks, (6, 6)), dims=("stimulus", "token_row", "token_col", "label"),
+                          coords={"stimulus": np.arange(12)})
+    again = analyses.oracle_segmentation(grid, counts, n_eig=6, binary=True)
+    assert np.allclose(again.miou.values, fg.miou.values)
+
+
+def test_oracle_counts_pixels_not_patches():
+    """IoU is counted in pixels: a token whose patch is half object adds its object pixels to the
+    intersection and all its pixels to the prediction (hand-computed case)."""
+    v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=np.float32)  # 2x2 grid, one stimulus
+    e = xr.DataArray(v, dims=("node", "eig"), coords={"stimulus": ("node", [0] * 4), "token_row": ("node", [0, 0, 1, 1]),
+                                                      "token_col": ("node", [0, 1, 0, 1])})
+    mask = np.zeros((1, 4, 4), np.int64)
+    mask[0, 2:, :] = 1      # bottom patches: object
+    mask[0, 1, :2] = 1      # top-left patch: half object
+    res = analyses.oracle_segmentation(e, mask, n_eig=2, thresholds=[0.0])
+    # centres: background = mean over 6 bg pixels = (1, 0); object = (2 * [1, 0] + 8 * [0, 1]) / 10
+    # predictions: top tokens -> background (cos 1 > 0.24), bottom tokens -> object
+    # background IoU = 6 / (8 + 6 - 6) = 0.75; object IoU = 8 / (8 + 10 - 8) = 0.8
+    assert np.allclose(res.iou.values[0], [0.75, 0.8]) and np.isclose(float(res.miou[0]), 0.775)
 
 
 def test_colors_and_figures():
     da, masks = scenes()
-    e = analyses.ncut({"a.1": da, "a.2": da * 1.1 + 0.2}, n_eig=6)
+    e = analyses.unstack_nodes(analyses.ncut({"a.1": da, "a.2": da * 1.1 + 0.2}, n_eig=6))
     col = analyses.ncut_colors(e, method="pca", n_sample=200)
-    assert col.dims == ("node", "rgb") and float(col.min()) >= 0 and float(col.max()) <= 1
-    col_t = analyses.ncut_colors(e, method="tsne", n_sample=150, perplexity=10)
-    assert col_t.shape == col.shape
-    fig = analyses.ncut_image_figure(col, stimuli=[0, 1])
+    assert col.dims == ("site", "stimulus", "token", "rgb") and float(col.min()) >= 0 and float(col.max()) <= 1
+    assert (np.quantile(col.values.reshape(-1, 3), 0.95, axis=0) > 0.99).all()  # quantile-scaled into the cube
+    col_t = analyses.ncut_colors(e.stack(node=("site", "stimulus", "token")).transpose("node", "eig"), method="tsne",
+                                 n_sample=100, perplexity=10)
+    assert col_t.dims == ("node", "rgb") and col_t.shape == (col.size // 3, 3)
+    images = np.ones((2, 3, 24, 24), np.float32)
+    fig = analyses.ncut_image_figure(col, stimuli=[0, 1], images=images)
     emb = analyses.spectral_embedding(e, 2, method="pca", n_sample=200)
-    fig2 = analyses.trajectory_figure(emb, stimulus=0, tokens=[0, 14])
-    fig3 = analyses.miou_figure(analyses.oracle_segmentation(e, masks, binary=True))
+    fig2 = analyses.trajectory_figure(emb, stimulus=0, tokens=[0, 14], groups=["ground", "figure"])
+    res = analyses.oracle_segmentation(e, masks, binary=True)
+    fig3 = analyses.miou_figure({"x": res, "y": res})
     assert all(f.__class__.__name__ == "Figure" for f in (fig, fig2, fig3))
+
+
+def test_matches_ncut_pytorch_reference():
+    """Against the authors' ncut-pytorch 1.3.16 (tests/fixtures/ncut_pytorch/make_fixtures.py): the exact cut,
+    the subgraph eigenproblem given the same sample, K = 1 propagation exactly, K = 10 closely (their 2024
+    weights are the cosine similarities, ours the affinities exp(-(1 - cos) / t) as in their later versions),
+    and the colour's quantile scaling."""
+    from pathlib import Path
+    r = np.load(Path(__file__).parent / "fixtures" / "ncut_pytorch" / "reference.npz")
+    e = analyses.ncut(r["x"], n_eig=6)
+    assert np.allclose(e.eigenvalue.values, r["exact_val"], atol=1e-6)
+    assert np.abs(e.values - r["exact_vec"]).max() < 1e-4  # same vectors, same signs
+    for knn, key, tol in ((1, "knn1", 1e-4), (10, "knn10", 2e-3)):
+        ny = analyses.nystrom_ncut(r["x"], n_eig=6, sample=r["sample"], knn=knn, search_dim=None)
+        assert np.allclose(ny.eigenvalue.values, r["sub_val"], atol=1e-5)
+        assert np.abs(ny.values - r[key]).max() < tol
+    x = r["q_in"]
+    emb = xr.DataArray(x, dims=("node", "eig"))
+    lo, hi = np.quantile(x, 0.05, axis=0), np.quantile(x, 0.95, axis=0)
+    assert np.allclose(np.clip((x - lo) / (hi - lo), 0, 1), r["q_out"], atol=1e-6)
+    assert emb.shape == x.shape
+
+
+def test_topk_and_given_sample():
+    from analyses.spectral import _topk_numpy
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((50, 3000)).astype(np.float32)
+    s[0] = 0.5  # ties everywhere
+    for k in (1, 7, 40):
+        vals, idx = _topk_numpy(s, k)
+        ref = -np.sort(-s, axis=1)[:, :k]
+        assert np.allclose(np.sort(vals, 1)[:, ::-1], ref) and np.allclose(np.take_along_axis(s, idx, 1), vals)
+        assert all(len(set(row)) == k for row in idx)
+    x, _ = clustered(n=500, d=16)
+    with pytest.raises(AnalysisInputError, match="sample"):
+        analyses.nystrom_ncut(x, n_eig=3, sample=[1, 1, 2, 3, 4])
+    ny = analyses.nystrom_ncut(x, n_eig=3, sample=np.arange(0, 500, 5))
+    assert ny.sampled.values.sum() == 100 and ny.attrs["sample"] == "given"
