@@ -2,8 +2,9 @@
 
 Ratemaps and the scores neuroscience uses for spatially selective cells (spatial information, grid score,
 border score), per-unit shuffle nulls with FDR control, and their figures; offline saliency models; RDMs and
-RSA. The spatial analyses run on numpy or torch arrays (CPU or CUDA) through the array API (`analyses.backend`);
-torch is never imported here.
+RSA; normalized cuts of token features at scale, channel alignment, AlignedCut colours and oracle segmentation
+scores (the spectral study). The spatial analyses run on numpy or torch arrays (CPU or CUDA) through the array
+API (`analyses.backend`); torch is never imported here.
 """
 from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
 from .nulls import classify, fdr_adjust, shuffles_for_fdr, spatial_nulls

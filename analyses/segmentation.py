@@ -130,13 +130,18 @@ def ncut_colors(eigvecs: Any, method: str = "tsne", n_sample: int = 1000, q: flo
     if not 0.5 < q <= 1:
         raise AnalysisInputError(f"q must be in (0.5, 1], got {q!r}")
     emb = spectral_embedding(eigvecs, 3, method, n_sample, perplexity, seed=seed)
-    x = emb.values.reshape(-1, 3).astype(np.float64)
-    lo, hi = np.quantile(x, 1 - q, axis=0), np.quantile(x, q, axis=0)
-    rgb = np.clip((x - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1).astype(np.float32)
+    rgb = rgb_cube(emb.values.reshape(-1, 3), q)
     out = xr.DataArray(rgb.reshape(emb.shape), dims=emb.dims, coords={k: c for k, c in emb.coords.items()
                                                                       if "component" not in c.dims},
                        attrs={**emb.attrs, "q": q})
     return out.rename(component="rgb").assign_coords(rgb=["r", "g", "b"])
+
+
+def rgb_cube(points: np.ndarray, q: float = 0.95) -> np.ndarray:
+    """(n, 3) points -> RGB in [0, 1]: each axis's (1 - q) and q quantiles map to 0 and 1, clipped (float32)."""
+    x = np.asarray(points, dtype=np.float64)
+    lo, hi = np.quantile(x, 1 - q, axis=0), np.quantile(x, q, axis=0)
+    return np.clip((x - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- oracle
@@ -171,8 +176,10 @@ def _grid_names(da: xr.DataArray) -> tuple[str, str]:
 
 
 def _site_labels(da: xr.DataArray) -> np.ndarray:
+    """Per node: `site`, or `subject/site` (the names in `site_name` when sites are positions)."""
     n = int(np.prod([s for d, s in da.sizes.items() if d != "eig"]))
-    site = _node_coord(da, "site")
+    site = _node_coord(da, "site_name")
+    site = _node_coord(da, "site") if site is None else site
     site = np.full(n, "", object) if site is None else site.astype(object)
     subject = _node_coord(da, "subject")
     if subject is not None:

@@ -407,7 +407,8 @@ def _mirror_lower(a: Any, block: int = 2048) -> None:
     """In place: the strict upper triangle of square `a` <- the transpose of its lower triangle (blockwise)."""
     m = a.shape[0]
     for i in range(0, m, block):
-        a[i:i + block, i:i + block] = np.tril(a[i:i + block, i:i + block]) + np.tril(a[i:i + block, i:i + block], -1).T
+        d = a[i:i + block, i:i + block]  # a view: the diagonal block
+        d[...] = np.tril(d) + np.tril(d, -1).T
         for j in range(i + block, m, block):
             a[i:i + block, j:j + block] = a[j:j + block, i:i + block].T
 

@@ -92,7 +92,7 @@ def trajectory_figure(embedding: xr.DataArray, stimulus: Any, tokens: Sequence[i
     cmap = _site_cmap(len(sites))
     norm = BoundaryNorm(np.arange(len(sites) + 1) - 0.5, cmap.N)
     pts = xy.reshape(-1, 2)[pick]
-    sc = ax.scatter(pts[:, 0], pts[:, 1], c=pick // per, cmap=cmap, norm=norm, s=3, alpha=0.35, linewidths=0)
+    sc = ax.scatter(pts[:, 0], pts[:, 1], c=pick // per, cmap=cmap, norm=norm, s=5, alpha=0.5, linewidths=0)
     bar = fig.colorbar(sc, ax=ax, ticks=np.arange(len(sites)))
     bar.ax.set_yticklabels([short_site(s) for s in sites], fontsize=FONT)
     bar.set_label("site (early to late)", fontsize=FONT)
@@ -119,7 +119,7 @@ def miou_figure(scores: xr.Dataset | Mapping[str, xr.Dataset], title: str = "ora
     """Oracle mIoU per site (x, in site order): one colour per subject (a mapping label -> result; the sites of
     every subject are placed on a common 0-1 depth axis when their numbers differ), one line style per task.
     A result is an `oracle_segmentation` Dataset, or several concatenated along `task`."""
-    runs = dict(scores) if isinstance(scores, Mapping) else {"": scores}
+    runs = {"": scores} if isinstance(scores, xr.Dataset) else dict(scores)
     fig = Figure(figsize=(6.0, 3.4))
     ax = fig.subplots()
     colours = colormaps["tab10"].colors
@@ -131,7 +131,7 @@ def miou_figure(scores: xr.Dataset | Mapping[str, xr.Dataset], title: str = "ora
             miou = ds["miou"].sel(task=task) if "task" in ds.dims else ds["miou"]
             n = miou.sizes["site"]
             x = np.arange(n) if len(n_sites) == 1 else np.linspace(0, 1, n)
-            name = " ".join(p for p in (label, task) if p)
+            name = " ".join(p for p in (label, task.replace("_", "-")) if p)
             ax.plot(x, miou.values, styles[k % len(styles)], color=colours[c % len(colours)], ms=4, label=name)
     if len(n_sites) == 1:
         first = next(iter(runs.values()))

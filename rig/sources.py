@@ -68,3 +68,5 @@ register_source("phantom", "rig.subjects:build_phantom",
                 description="the planted-truth phantom (place, grid, border and untuned cells)")
 register_source("planted_rsa", "rig.planted_rsa:build",
                 description="planted-truth subjects of the scenes study: encode only saliency, only semantics, or both")
+register_source("segmentation_phantom", "rig.segmentation_phantom:build_subject",
+                description="planted figure-ground and shape-category token sites (the spectral study's phantom)")

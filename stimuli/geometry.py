@@ -4,16 +4,21 @@ The design of the spatial-cells study: each stimulus is one shape of diameter `d
 `(x, y)` is drawn uniformly such that the shape stays inside the canvas. Rendering is anti-aliased
 analytically: a pixel's value is its coverage by the shape, estimated from the signed distance of its centre
 to the outline, `clip(0.5 - sdf, 0, 1)` (exact for straight edges, within 1/255 for circles of d >= 4 px).
+
+Every set also gives its ground-truth object masks (the extra `masks`, `render_extras`): an int label image
+`(H, W)` per stimulus, 0 = background, the shape's pixels (coverage >= 1/2) = 1 + the index of its shape in
+the set's `mask_labels` attribute (the set's `shapes`, e.g. `["circle"]` for circles).
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import numpy as np
 import xarray as xr
 from matplotlib.colors import to_rgb
 
-from .base import StimulusError, StimulusSet, register_renderer
+from .base import StimulusError, StimulusSet, list_attr, register_renderer
 from .catalog import register_generator
 
 SHAPES = ("circle", "square", "triangle")
@@ -90,14 +95,16 @@ def shapes(n: int = 3000, canvas: int = 224, diameter: float | Sequence[float] =
         },
         attrs={"generator": generator, "renderer": "shapes", "canvas": int(canvas), "seed": int(seed),
                "layout": layout, "diameter_range": [float(lo), float(hi)],
-               "color": list(fg), "background": list(bg)},
+               "color": list(fg), "background": list(bg),
+               "extras": json.dumps(["masks"]), "mask_labels": json.dumps(list(dict.fromkeys(shapes)))},
     )
     return StimulusSet(params)
 
 
 @register_renderer("shapes")
-def render_shapes(params: xr.Dataset) -> np.ndarray:
-    """Render shapes as float32 `(B, 3, canvas, canvas)` in [0, 1], anti-aliased by signed distance."""
+def render_shapes(params: xr.Dataset) -> np.ndarray | dict[str, np.ndarray]:
+    """Render shapes as float32 `(B, 3, canvas, canvas)` in [0, 1], anti-aliased by signed distance; for sets
+    that declare the extra `masks`, `{"image": images, "masks": (B, canvas, canvas) int16 labels}`."""
     canvas = int(params.attrs["canvas"])
     fg = np.asarray(params.attrs["color"], np.float32).reshape(1, 3, 1, 1)
     bg = np.asarray(params.attrs["background"], np.float32).reshape(1, 3, 1, 1)
@@ -117,7 +124,12 @@ def render_shapes(params: xr.Dataset) -> np.ndarray:
         if sel.any():
             sdf[sel] = fn(u[sel], v[sel], r[sel])
     cover = np.clip(0.5 - sdf, 0.0, 1.0)[:, None]
-    return (bg + (fg - bg) * cover).astype(np.float32)
+    images = (bg + (fg - bg) * cover).astype(np.float32)
+    if "masks" not in list_attr(params.attrs, "extras"):
+        return images
+    names = list_attr(params.attrs, "mask_labels") or list(SHAPES)
+    label = np.array([names.index(k) + 1 if k in names else 0 for k in kind], dtype=np.int16)
+    return {"image": images, "masks": np.where(sdf <= 0, label[:, None, None], 0).astype(np.int16)}
 
 
 def _sdf_circle(u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -132,7 +132,8 @@ def _adopt(name: str, obj: Any) -> None:
 
 steps: Registry[Step] = Registry("step type", "rig.steps", adopt=_adopt, builtin=(
     "rig.steps.design", "rig.steps.record", "rig.steps.ratemaps", "rig.steps.spatial_scores",
-    "rig.steps.weight_lesions", "rig.steps.unit_lesions", "rig.steps.compare", "rig.steps.rsa"))
+    "rig.steps.weight_lesions", "rig.steps.unit_lesions", "rig.steps.compare", "rig.steps.rsa", "rig.steps.ncut",
+    "rig.steps.alignedcut", "rig.steps.segmentation"))
 
 
 def register_step(step: type[Step] | Step) -> Any:
