@@ -205,7 +205,7 @@ class Ncut(Step):
         if not chosen:
             pre.fail(loc + ("sites",), f"{spec.sites} match none of the recorded sites ({', '.join(pre.recorded)})")
         infos = [pre.site_info(s) for s in chosen]
-        flat = [i.name for i in infos if i is None or i.layout == "flat"]
+        flat = [i.name for i in infos if i.layout == "flat"]
         if flat:
             pre.fail(loc + ("sites",), f"the cut needs token or convolutional sites; {flat[:3]} give one vector "
                      "per stimulus")
@@ -230,7 +230,6 @@ class Ncut(Step):
             ds = cut({("", s): node_layout(rec[s].rename(s), spec.tokens) for s in sites}, spec, ctx.log)
         ctx.write_result(ds)
         ctx.headline[f"{spec.key} nodes"] = int(np.prod(ds["eigenvectors"].shape[:-1]))
-        ctx.headline[f"{spec.key} seconds"] = ds.attrs["seconds"]
 
 
 def _seconds(e: xr.DataArray) -> float:
