@@ -93,10 +93,10 @@ class _Ops:
         return bool(np.isfinite(x).all()) if self.torch is None else bool(self.torch.isfinite(x).all())
 
     def normalize_rows(self, x: Any) -> Any:
+        """Rows scaled to unit L2 norm, as a new array (the caller's features are never changed)."""
         if self.torch is None:
             norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-            x /= np.maximum(norm, 1e-12)[:, None]
-            return x
+            return x / np.maximum(norm, 1e-12)[:, None]
         return self.torch.nn.functional.normalize(x, dim=1, eps=1e-12)
 
     def qr(self, x: Any) -> Any:
@@ -104,6 +104,9 @@ class _Ops:
 
     def randn(self, shape: tuple[int, int], seed: int) -> Any:
         return self.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+    def rowdot(self, a: Any, b: Any) -> Any:
+        return np.einsum("ij,ij->i", a, b) if self.torch is None else (a * b).sum(1)
 
     def topk(self, s: Any, k: int) -> tuple[Any, Any]:
         """Values and column indices of the k largest entries of every row (unordered)."""
@@ -666,7 +669,7 @@ class _Neighbours:
     candidates from the top principal components (`basis` (D, p); dot products there approximate those in D)
     re-ranked with the exact similarity. Returns (similarities, indices), each (rows, k)."""
 
-    def __init__(self, xs: Any, k: int, basis: Any, rerank: int, ops: _Ops, sub: int = 512):
+    def __init__(self, xs: Any, k: int, basis: Any, rerank: int, ops: _Ops, sub: int = 1024):
         self.xs, self.k, self.basis, self.ops, self.sub = xs, k, basis, ops, sub
         self.n_cand = rerank * k
         self.ps_t = None if basis is None else (xs @ basis).T
@@ -677,9 +680,10 @@ class _Neighbours:
             return ops.topk(xb @ self.xs.T, self.k)
         _, cand = ops.topk((xb @ self.basis) @ self.ps_t, self.n_cand)
         sims = ops.empty(tuple(cand.shape))
-        for lo in range(0, cand.shape[0], self.sub):  # gathered candidates (sub, n_cand, D), one batch at a time
-            g = self.xs[cand[lo:lo + self.sub]]
-            sims[lo:lo + self.sub] = (g @ xb[lo:lo + self.sub, :, None])[..., 0]
+        for lo in range(0, cand.shape[0], self.sub):  # rows in cache-sized groups, one candidate column at a time
+            xq = xb[lo:lo + self.sub]
+            for j in range(cand.shape[1]):
+                sims[lo:lo + self.sub, j] = ops.rowdot(xq, self.xs[cand[lo:lo + self.sub, j]])
         sim, pos = ops.topk(sims, self.k)
         return sim, ops.take_along(cand, pos)
 

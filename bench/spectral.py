@@ -28,8 +28,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def clustered(n, d=768, k=40, seed=0):
-    """Planted clusters with a power-law within-cluster spectrum (not a low-rank toy)."""
+def clustered(n, d=768, k=20, seed=0):
+    """Planted clusters with a power-law within-cluster spectrum (not a low-rank toy). With k clusters the top k
+    eigenvectors span the cluster indicators (equal clusters: near-equal eigenvalues, so only that whole
+    subspace, not single eigenvectors, is comparable between implementations)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d)).astype(np.float32)
     scales = (np.arange(1, d + 1) ** -0.5).astype(np.float32) * 1.5
@@ -65,7 +67,7 @@ sys.path.insert(0, {here!r})
 import analyses
 da = xr.open_dataset({path!r}, engine="netcdf4")["site"]
 t = time.perf_counter()
-e = analyses.nystrom_ncut(da, n_eig=20)
+e = analyses.nystrom_ncut(da, n_eig=20)  # streamed: slabs of 250 stimuli, never the whole array
 print(json.dumps({{"seconds": time.perf_counter() - t, "nodes": e.sizes["node"],
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "attrs": {{k: v for k, v in e.attrs.items() if k.startswith("seconds")}}}}))
@@ -104,9 +106,8 @@ def run_reference(python, script, tmp, label, ours):
         print(f"{label} failed:", r.stderr[-500:])
         return
     ref = np.load(f"{tmp}/v.npy")
-    print(f"{label}, same data: {float(sec[0].split()[1]):.1f} s; principal angles ours vs theirs (top 10): "
-          f"max {angles(ours[:, :10], ref[:, :10]).max():.1f} deg, top 5: "
-          f"{angles(ours[:, :5], ref[:, :5]).max():.1f} deg")
+    print(f"{label}, same data: {float(sec[0].split()[1]):.1f} s; max principal angle ours vs theirs over the "
+          f"top 20 (the 20 clusters' subspace): {angles(ours, ref[:, :20]).max():.1f} deg")
 
 
 def main():
@@ -125,9 +126,8 @@ def main():
         ex = analyses.ncut(xs, n_eig=12, max_nodes=10000)
         for sd in (128, None):
             ny = analyses.nystrom_ncut(xs, n_eig=12, n_sample=2000, search_dim=sd)
-            print(f"agreement 6000 nodes (12 clusters), n_sample=2000, search_dim={sd}: max principal angle "
-                  f"over top 12 = {angles(ex.values, ny.values).max():.2f} deg, top 6 = "
-                  f"{angles(ex.values[:, :6], ny.values[:, :6]).max():.2f} deg")
+            print(f"agreement with the exact cut, 6000 nodes (12 clusters), n_sample=2000, search_dim={sd}: max "
+                  f"principal angle over the top 12 = {angles(ex.values, ny.values).max():.2f} deg")
         # speed at 100k x 768
         x, _ = clustered(100_000)
         t = time.perf_counter()
@@ -160,10 +160,12 @@ def main():
             except Exception:  # noqa: BLE001
                 print(f"{n} nodes failed:", r.stderr[-800:])
                 continue
-            per = res["seconds"] / n_real
+            a = res["attrs"]
+            fixed = a["seconds_fps"] + a["seconds_eigen"]  # the subgraph: independent of the graph's size
+            per = (a["seconds_presample"] + a["seconds_propagate"]) / n_real  # two passes over the file
             print(f"{n_real:,} nodes x 768 streamed from netCDF ({n_real * 768 * 4 / 2**30:.1f} GiB, written in "
-                  f"{w:.0f} s): {res['seconds']:.0f} s, peak RSS {res['peak_rss_gb']:.2f} GiB; {res['attrs']}; "
-                  f"linear projection to 7,000,000 nodes: {per * 7e6 / 60:.1f} min")
+                  f"{w:.0f} s): {res['seconds']:.0f} s, peak RSS {res['peak_rss_gb']:.2f} GiB; {a}; projected to "
+                  f"7,000,000 nodes (subgraph fixed, both passes linear): {(fixed + per * 7e6) / 60:.1f} min")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         print("uptime after:", os.popen("uptime").read().strip())

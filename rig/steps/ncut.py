@@ -65,7 +65,8 @@ def node_layout(da: xr.DataArray, tokens: str = "patches") -> xr.DataArray:
             if patch.size == 0:
                 raise RigError(f"site {da.name!r} has no patch tokens (only CLS / registers were recorded); record "
                                "tokens = 'patches' or 'all'")
-            da = da.isel(token=patch)
+            contiguous = patch[-1] - patch[0] + 1 == patch.size  # a slice reads as one hyperslab
+            da = da.isel(token=slice(patch[0], patch[-1] + 1) if contiguous else patch)
         return da.transpose("stimulus", "token", "unit")
     if "map_y" in da.dims:
         return da.transpose("stimulus", "map_y", "map_x", "unit")
