@@ -80,7 +80,9 @@ def test_nystrom_agrees_with_exact_on_clustered_graph():
 
 def test_nystrom_on_noise_does_not_fake_clusters_and_is_seeded():
     x = np.random.default_rng(3).standard_normal((1500, 32)).astype(np.float32)
+    x0 = x.copy()
     a = analyses.nystrom_ncut(x, n_eig=4, n_sample=300, seed=5)
+    assert np.array_equal(x, x0)  # the caller's features are left alone
     b = analyses.nystrom_ncut(x, n_eig=4, n_sample=300, seed=5)
     assert np.allclose(a.values, b.values, atol=1e-5)  # same sample; BLAS threads round differently
     assert a.eigenvalue.values[1] < 0.2  # no planted structure: the non-trivial eigenvalues stay small
