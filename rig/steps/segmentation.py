@@ -93,3 +93,11 @@ class Segmentation(Step):
         for task in tasks:
             best = out["miou"].sel(task=task)
             ctx.headline[f"{task.replace('_', '-')} mIoU (best site)"] = round(float(best.max()), 3)
+
+    def across_figure(self, results: dict[str, Any]) -> Any:
+        """Several sessions' (e.g. subjects') mIoU per site in one figure: {label: this step's result}."""
+        import analyses
+
+        return (analyses.miou_figure(dict(results), title="oracle segmentation per site, every session"),
+                "Oracle mIoU per site of every session (colour), figure-ground and category (line style); sites "
+                "on a common relative-depth axis when the sessions have different numbers of sites")
