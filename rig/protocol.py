@@ -304,11 +304,12 @@ def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: st
 
 
 def _check_stimuli(protocol: Protocol, at: _Where) -> None:
-    """Check the generator's parameters by name and by building the (cheap) parameter table."""
+    """Check the generator's parameters by name, then by its own check or by building the (cheap) parameter
+    table (`stimuli.catalog.check_params`)."""
     import inspect
 
     from stimuli.base import StimulusError
-    from stimuli.catalog import generators, make
+    from stimuli.catalog import check_params, generators
 
     spec = protocol.stimuli
     where = lambda key: at(("stimuli", key) if key else ("stimuli",))  # noqa: E731
@@ -323,7 +324,7 @@ def _check_stimuli(protocol: Protocol, at: _Where) -> None:
             raise ProtocolError(f"{where(key)}: stimuli.{key}: not a parameter of generator {spec.generator!r}"
                                 f"{did_you_mean(key, accepted)} (parameters: {', '.join(accepted)})")
     try:
-        make(spec.generator, **spec.params())
+        check_params(spec.generator, **spec.params())
     except (StimulusError, TypeError) as e:
         key = getattr(e, "param", None) or next((k for k in spec.params() if k in str(e)), None)
         raise ProtocolError(f"{where(key)}: stimuli{'.' + key if key else ''}: {e}") from None

@@ -84,6 +84,34 @@ def scenes(source: str = "procedural", n: int | None = 20, canvas: int = 224, se
             (default for folders; `pip install "rig[semantics]"`), "clip:ARCH[:WEIGHTS]", or a file of per-image
             embeddings (.npy, rows in the folder's sorted file order).
     """
+    settings = _settings(source, n, canvas, seed, pool, conditions, distractor_area, salient_above,
+                         non_salient_below, similar_below, dissimilar_above, tries, saliency)
+    _check_sources(source, images, captions)
+    if source == "folder":
+        root, files, caption_lists = _read_folder(images, captions)
+        semantics = semantics or "minilm"
+        pool_ds = xr.Dataset({"pool_file": ("image", np.array(files)),
+                              "pool_caption": ("image", np.array(["\n".join(c) for c in caption_lists]))})
+        settings.update(images=str(root), captions=str(captions))
+    else:
+        n_base = 20 if n is None else int(n)
+        n_pool = 4 * n_base if pool is None else int(pool)
+        # more bases than asked for: a base is dropped when one of its four distractors is not found
+        pool_ds = _procedural_pool(2 * n_base + 4, n_pool, np.random.default_rng(seed))
+        semantics = semantics or "concepts"
+        root = None
+    settings["semantics"] = str(semantics)
+    key = json.dumps(settings, sort_keys=True) + (_files_stamp(root, pool_ds) if root is not None else "")
+    if key not in _CACHE:
+        _CACHE[key] = _design(pool_ds, settings, root)
+    params = _CACHE[key].copy()
+    return StimulusSet(params)
+
+
+def _settings(source: str, n: int | None, canvas: int, seed: int, pool: int | None, conditions: Sequence[str],
+              distractor_area: float, salient_above: float, non_salient_below: float, similar_below: float,
+              dissimilar_above: float, tries: int, saliency: str) -> dict[str, Any]:
+    """The design's settings, checked (cheap: nothing is drawn or measured)."""
     if source not in ("procedural", "folder"):
         raise StimulusError(f"source must be 'procedural' or 'folder', got {source!r}", "source")
     _check_number(canvas, "canvas", 16)
@@ -104,30 +132,37 @@ def scenes(source: str = "procedural", n: int | None = 20, canvas: int = 224, se
                     distractor_area=float(distractor_area), salient_above=float(salient_above),
                     non_salient_below=float(non_salient_below), similar_below=float(similar_below),
                     dissimilar_above=float(dissimilar_above), tries=int(tries), saliency=saliency)
-    if source == "folder":
-        if not images or not captions:
-            raise StimulusError("source = 'folder' needs images = '<folder>' and captions = '<captions.json or .csv>'",
-                                "images")
-        root, files, caption_lists = _read_folder(images, captions)
-        semantics = semantics or "minilm"
-        pool_ds = xr.Dataset({"pool_file": ("image", np.array(files)),
-                              "pool_caption": ("image", np.array(["\n".join(c) for c in caption_lists]))})
-        settings.update(images=str(root), captions=str(captions))
-    else:
-        if images is not None or captions is not None:
-            raise StimulusError("images and captions are for source = 'folder'", "images")
-        n_base = 20 if n is None else int(n)
-        n_pool = 4 * n_base if pool is None else int(pool)
-        # more bases than asked for: a base is dropped when one of its four distractors is not found
-        pool_ds = _procedural_pool(2 * n_base + 4, n_pool, np.random.default_rng(seed))
-        semantics = semantics or "concepts"
-        root = None
-    settings["semantics"] = str(semantics)
-    key = json.dumps(settings, sort_keys=True) + (_files_stamp(root, pool_ds) if root is not None else "")
-    if key not in _CACHE:
-        _CACHE[key] = _design(pool_ds, settings, root)
-    params = _CACHE[key].copy()
-    return StimulusSet(params)
+    return settings
+
+
+def _check_sources(source: str, images: str | None, captions: str | None) -> None:
+    if source == "folder" and (not images or not captions):
+        raise StimulusError("source = 'folder' needs images = '<folder>' and captions = '<captions.json or .csv>'",
+                            "images")
+    if source != "folder" and (images is not None or captions is not None):
+        raise StimulusError("images and captions are for source = 'folder'", "images")
+
+
+def check_scenes(**params: Any) -> None:
+    """`scenes`' parameters checked without the distractor search (for `rig validate`): every setting, and for
+    a folder that the folder and its captions file exist and the captions parse."""
+    import inspect
+
+    try:
+        bound = inspect.signature(scenes).bind(**params)
+    except TypeError as e:
+        raise StimulusError(str(e)) from None
+    bound.apply_defaults()
+    a = bound.arguments
+    _settings(a["source"], a["n"], a["canvas"], a["seed"], a["pool"], a["conditions"], a["distractor_area"],
+              a["salient_above"], a["non_salient_below"], a["similar_below"], a["dissimilar_above"], a["tries"],
+              a["saliency"])
+    _check_sources(a["source"], a["images"], a["captions"])
+    if a["source"] == "folder":
+        _read_folder(a["images"], a["captions"])
+
+
+scenes.check = check_scenes  # type: ignore[attr-defined]  (see stimuli.catalog.register_generator)
 
 
 @register_figure("conditions", requires=("condition", "base"),

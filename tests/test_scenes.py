@@ -133,3 +133,28 @@ def test_folder_generator(tmp_path):
     with pytest.raises(StimulusError, match="not found"):
         stimuli.folder(str(tmp_path / "nope"))
     assert callable(stimuli.scenes) and callable(stimuli.folder)
+
+
+def test_validating_a_scenes_protocol_checks_without_searching(monkeypatch, tmp_path):
+    """`rig validate` checks every scene setting but never runs the (expensive) distractor search."""
+    import stimuli.scenes as scenes_module
+    from rig.errors import ProtocolError
+    from rig.protocol import load_protocol
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("validation ran the distractor search")
+
+    monkeypatch.setattr(scenes_module, "_design", no_search)
+    text = ('schema_version = 1\nname = "v"\n[subject]\nsource = "phantom"\n[stimuli]\ngenerator = "scenes"\n'
+            'n = 4\n{extra}\n[record]\nsites = ["place"]\n')
+    good = tmp_path / "good.toml"
+    good.write_text(text.format(extra="tries = 3"))
+    assert load_protocol(good).stimuli.generator == "scenes"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.format(extra="distractor_area = 2.0"))
+    with pytest.raises(ProtocolError, match=r"bad.toml:8: stimuli.distractor_area: distractor_area must be a fraction"):
+        load_protocol(bad)
+    folder = tmp_path / "folder.toml"
+    folder.write_text(text.format(extra=f'source = "folder"\nimages = "{tmp_path / "none"}"\ncaptions = "c.json"'))
+    with pytest.raises(ProtocolError, match="stimuli.images: image folder .* not found"):
+        load_protocol(folder)
