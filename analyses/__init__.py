@@ -16,7 +16,7 @@ from .rsa import bootstrap_compare, compare_rdms, delta_rsa, rdm
 from .rsa_figures import brain_rsa_figure, delta_rsa_figure, rsa_curves
 from .saliency import DeepGazeIIE, itti_koch, saliency_model, spectral_residual
 from .segmentation import ncut_colors, oracle_segmentation, patch_label_counts, spectral_embedding
-from .spatial_figures import compare_preparations, score_distributions, top_units_figure
+from .spatial_figures import compare_preparations, preparations_figure, score_distributions, top_units_figure
 from .spectral import affinity, farthest_point_sampling, ncut, nystrom_ncut, unstack_nodes
 from .spectral_figures import miou_figure, ncut_image_figure, trajectory_figure
 
@@ -27,6 +27,7 @@ __all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "bootstrap_c
            "farthest_point_sampling", "miou_figure", "ncut", "ncut_colors", "ncut_image_figure",
            "nystrom_ncut", "patch_label_counts", "oracle_segmentation", "procrustes_alignment", "spectral_embedding",
            "trajectory_figure", "unstack_nodes", "autocorrelogram", "border_fields", "border_score", "classify",
-           "compare_preparations", "fdr_adjust", "grid_score", "rate_transform", "ratemaps", "score_distributions",
-           "selectivity", "shuffles_for_fdr", "smooth_maps", "sparsity", "spatial_information", "spatial_nulls", "spatial_stats",
+           "compare_preparations", "fdr_adjust", "grid_score", "preparations_figure", "rate_transform", "ratemaps",
+           "score_distributions", "selectivity", "shuffles_for_fdr", "smooth_maps", "sparsity", "spatial_information",
+           "spatial_nulls", "spatial_stats",
            "top_units_figure"]

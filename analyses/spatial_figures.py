@@ -4,7 +4,8 @@ shown and no global figure is left open).
 - `top_units_figure`: rows = sites, column groups = scores, the top-k units' ratemaps on a diverging colour
   map centred on each map's mean (the blog's figure).
 - `score_distributions`: histogram of each score per site.
-- `compare_preparations`: two result sets (e.g. trained vs random weights) side by side.
+- `compare_preparations`: two result sets (e.g. trained vs random weights) side by side;
+  `preparations_figure`: any number of them (a sweep's sessions).
 """
 from __future__ import annotations
 
@@ -85,17 +86,31 @@ def compare_preparations(a: xr.Dataset | Mapping, b: xr.Dataset | Mapping, label
 
     a, b: anything indexable by score name giving per-unit scores (e.g. `spatial_nulls` Datasets).
     """
-    fig = Figure(figsize=(3.2 * len(score_names), 2.6))
+    return preparations_figure({labels[0]: a, labels[1]: b}, score_names)
+
+
+def preparations_figure(results: Mapping[str, xr.Dataset | Mapping],
+                        score_names: Sequence[str] = tuple(SCORE_LABELS)) -> Figure:
+    """Any number of preparations (e.g. the sessions of a sweep) side by side: per score, the distribution over
+    units of each, on shared bins; filled for two, outlines in distinct colours for more.
+
+    results: label -> anything indexable by score name giving per-unit scores (e.g. `spatial_nulls` Datasets).
+    """
+    fig = Figure(figsize=(3.2 * len(score_names), 2.6 + 0.12 * max(len(results) - 4, 0)))
     axes = fig.subplots(1, len(score_names), squeeze=False)
+    colours = [f"C{i % 10}" for i in range(len(results))]
     for g, name in enumerate(score_names):
         ax = axes[0, g]
-        va, vb = (np.asarray(x[name], dtype=float).ravel() for x in (a, b))
-        both = np.concatenate([va[np.isfinite(va)], vb[np.isfinite(vb)]])
+        values = {lab: np.asarray(x[name], dtype=float).ravel() for lab, x in results.items()}
+        both = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.zeros(0)])
         edges = np.histogram_bin_edges(both, bins=40) if both.size else np.linspace(0, 1, 41)
-        for v, lab in ((va, labels[0]), (vb, labels[1])):
-            ax.hist(v[np.isfinite(v)], bins=edges, histtype="stepfilled", alpha=0.5, label=lab)
+        for (lab, v), colour in zip(values.items(), colours):
+            if len(results) <= 2:
+                ax.hist(v[np.isfinite(v)], bins=edges, histtype="stepfilled", alpha=0.5, label=lab, color=colour)
+            else:
+                ax.hist(v[np.isfinite(v)], bins=edges, histtype="step", linewidth=1.2, label=lab, color=colour)
         ax.set_xlabel(SCORE_LABELS.get(name, name))
         ax.set_ylabel("units")
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    axes[0, 0].legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

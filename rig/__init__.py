@@ -2,6 +2,7 @@
 
     session = rig.run("protocols/quickstart.toml")        # design -> record -> analyse -> perturb
     session = rig.open_session("sessions/2026...")         # browse: .status .protocol .stimuli .recording .results
+    sweep = rig.sweep("protocols/sweep-tiny.toml")         # one session per point of [sweep], then [[across]]
     rig.Archive().sessions()                               # a table of all sessions
 
 Names are imported on first use, so the `rig` command starts fast.
@@ -16,6 +17,7 @@ _EXPORTS = {
     "Archive": "archive", "Protocol": "protocol", "load_protocol": "protocol",
     "RigError": "errors", "ProtocolError": "errors", "SubjectError": "errors", "SiteError": "errors",
     "load_subject": "subjects", "open_recording": "dims",
+    "sweep": "sweeps", "open_sweep": "sweeps", "Sweep": "sweeps", "open_sessions": "across",
     "register_step": "steps", "list_steps": "steps", "register_source": "sources", "list_sources": "sources",
 }
 __all__ = sorted(_EXPORTS)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from rig.errors import RigError
-from rig.layout import PROVENANCE_FILE, RESOLVED_FILE, SESSION_FILE
+from rig.layout import PROVENANCE_FILE, RESOLVED_FILE, SESSION_FILE, SWEEP_FILE, SWEEPS_DIR
 from stimuli.registry import glob_match
 
 if TYPE_CHECKING:  # pandas is imported lazily: the CLI must start fast
@@ -203,6 +203,12 @@ class SessionInfo:
         )
 
     @property
+    def sweep(self) -> str | None:
+        """The id of the sweep this session is a point of (None for a session of its own)."""
+        value = self.session.get("sweep")
+        return str(value) if value else None
+
+    @property
     def description(self) -> str:
         """The protocol's free-text description ('' when none)."""
         return str(self.resolved.get("description") or "")
@@ -256,6 +262,8 @@ class SessionInfo:
             "steps": self.steps,
             "error": self.error,
             "headline": self.headline,
+            "sweep": self.sweep,
+            "point": self.session.get("point"),
             "files": [{"path": p, "bytes": n} for p, n in self.files],
         }
 
@@ -343,6 +351,11 @@ class Archive:
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / SESSION_FILE).is_file())
 
+    def sweep_dirs(self) -> list[Path]:
+        """Every sweep folder (`<root>/sweeps/<id>/sweep.json`), sorted by id (ids sort by creation time)."""
+        root = self.root / SWEEPS_DIR
+        return sorted(p.parent for p in root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []
+
     def infos(self, now: float | None = None) -> list[SessionInfo]:
         """Every session, newest first (by `created`, then id)."""
         infos = [SessionInfo.read(p, now=now) for p in self.session_dirs()]
@@ -357,6 +370,7 @@ class Archive:
         subject: str | None = None,
         where: Mapping[str, Any] | None = None,
         now: float | None = None,
+        sweep: str | None = None,
     ) -> list[dict[str, Any]]:
         """The rows of `sessions()` as dicts (no pandas needed); see `sessions` for the filters."""
         infos = self.infos(now=now)
@@ -370,10 +384,13 @@ class Archive:
             infos = [i for i in infos if _matches_subject(subject, i)]
         if where:
             infos = self._filter_where(infos, where)
+        if sweep is not None:
+            infos = [i for i in infos if i.sweep and (i.sweep == sweep or i.sweep.startswith(sweep)
+                                                      or sweep in i.sweep)]
         rows = []
         for i in infos:
             row = {"id": i.id, "status": i.status, "protocol": i.protocol_name, "subject": i.subject,
-                   "created": i.created, "seconds": i.seconds}
+                   "created": i.created, "seconds": i.seconds, "sweep": i.sweep}
             for key, value in i.headline.items():
                 row.setdefault(key, value)  # a headline key never hides a fixed column
             rows.append(row)
@@ -385,18 +402,20 @@ class Archive:
         protocol: str | None = None,
         subject: str | None = None,
         where: Mapping[str, Any] | None = None,
+        sweep: str | None = None,
     ) -> pandas.DataFrame:
         """One row per session, newest first: id, status (`stale` included), protocol, subject, created (UTC),
         seconds (wall time), then one column per headline key.
 
         `status` takes one status or several (`"completed,failed"`); `protocol` a name or glob; `subject` the
         full subject name or a part of it (`ViT-B-32`, `random`) or a glob; `where` maps resolved-protocol key
-        paths to values (`{"subject.weights": "random", "stimuli.n": 300}`), see `value_matches`.
+        paths to values (`{"subject.weights": "random", "stimuli.n": 300}`), see `value_matches`; `sweep` a
+        sweep id (or a unique part of it): only that sweep's point sessions (column `sweep`: the sweep of each).
         """
         import pandas as pd
 
-        rows = self.records(status=status, protocol=protocol, subject=subject, where=where)
-        columns = ["id", "status", "protocol", "subject", "created", "seconds"]
+        rows = self.records(status=status, protocol=protocol, subject=subject, where=where, sweep=sweep)
+        columns = ["id", "status", "protocol", "subject", "created", "seconds", "sweep"]
         columns += sorted({k for r in rows for k in r} - set(columns))
         df = pd.DataFrame(rows, columns=columns)
         df["created"] = pd.to_datetime(df["created"], utc=True)

@@ -31,6 +31,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subject", help="only this subject, whole (open_clip:ViT-B-32:random) or a part (ViT-B-32)")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only sessions whose resolved setting KEY equals VALUE, e.g. stimuli.n=300 (repeatable)")
+    p.add_argument("--sweep", metavar="ID", help="only the sessions of this sweep (id or a unique part of it)")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.set_defaults(handler=cmd_ls)
 
@@ -126,15 +127,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     archive = Archive(args.archive)
     rows = archive.records(status=args.status, protocol=args.protocol, subject=args.subject,
-                           where=parse_where(args.where))
+                           where=parse_where(args.where), sweep=args.sweep)
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print(f"no sessions in {archive.root}" + (" match" if (args.status or args.protocol or args.subject
-                                                                or args.where) else ""))
+                                                                or args.where or args.sweep) else ""))
         return 0
-    headers = list(dict.fromkeys(k for r in rows for k in r))
+    headers = [h for h in dict.fromkeys(k for r in rows for k in r) if h != "sweep" or any(r.get(h) for r in rows)]
     print(format_table(headers, [[r.get(h) for h in headers] for r in rows]))
     return 0
 

@@ -54,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_run)
 
+    p = sub.add_parser("sweep", help="run a sweep protocol: one session per point, then its [[across]] steps",
+                       description="Run one session per point of the protocol's [sweep] table (grid and/or "
+                       "points), grouped by a sweep id, then its [[across]] steps over all of them. Running it "
+                       "again skips completed points and resumes the others.")
+    p.add_argument("protocol", help="protocol file with a [sweep] (or [compare]) table")
+    p.add_argument("--archive", help="archive folder (default $RIG_ARCHIVE or ./sessions)")
+    p.add_argument("--workers", type=int, metavar="N", help="run the points on a local Dask cluster of N worker "
+                   "processes, one thread each (default: one after another in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the points on the Dask scheduler at ADDRESS "
+                   "(e.g. tcp://10.0.0.5:8786); its workers must see the archive folder")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="tries more for a point that failed for a reason other than a mistake in it (default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of every point, e.g. --set stimuli.n=500 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list the points (validated) and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_sweep)
+
     p = sub.add_parser("validate", help="check a protocol file and print what it resolves to")
     p.add_argument("protocol")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -109,6 +127,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     session = run(args.protocol, archive=args.archive, overrides=args.overrides, progress=not args.quiet)
     print(f"session {session.id}: {session.status}\n  {session.path}")
+    if session.sweep:
+        from .sweeps import open_sweep
+
+        done = open_sweep(session.path.parent / "sweeps" / session.sweep)
+        print(f"compared in sweep {done.id}: {', '.join(p['label'] for p in done.points)}\n  {done.report}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import sweep
+
+    if args.workers is not None and args.scheduler:
+        from .errors import RigError
+
+        raise RigError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    result = sweep(args.protocol, archive=args.archive, overrides=args.overrides, workers=args.workers,
+                   scheduler=args.scheduler, retries=args.retries, progress=not args.quiet, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"sweep {result.name}: {len(result.points)} points (id ends -{result.key})\n{result.table()}")
+        return 0
+    points = result.points
+    for p in points:
+        print(f"  {p['index']:>3}  {p['status']:<11} {p['label']}  {p.get('session') or ''}"
+              + (f"  {p['error']}" if p.get("error") and p["status"] != "completed" else ""))
+    done = sum(p["status"] == "completed" for p in points)
+    print(f"sweep {result.id}: {result.status} ({done}/{len(points)} points completed)\n  {result.report}")
+    if result.status != "completed":
+        error = result.info.get("error") or {}
+        if error.get("type") != "PointsFailed" and error.get("message"):
+            print(f"error: {error.get('type')}: {error['message']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -118,6 +167,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     proto = load_protocol(args.protocol, args.overrides)
     print(f"ok: {args.protocol}: protocol {proto.name!r}, steps: {', '.join(step_keys(proto))}")
+    if proto.sweep is not None:
+        from .sweeps import plan_sweep
+
+        print(f"sweep of {len(plan_sweep(args.protocol, args.overrides).points)} points; `rig sweep "
+              f"{args.protocol} --dry-run` lists them")
     return 0
 
 
@@ -134,7 +188,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
     old = open_session(args.session, archive=args.archive)
     archive = args.archive or old.path.parent
-    if (old.path / "protocol.toml").is_file():
+    if (old.path / "protocol.toml").is_file() and old.point is None:  # a sweep point reruns its own protocol
         session = run(old.path / "protocol.toml", archive=archive, overrides=old.overrides, progress=not args.quiet)
     else:
         session = run(old.protocol, archive=archive, progress=not args.quiet)

@@ -11,7 +11,9 @@
       analyses/<name>.nc       one file per [[analyse]] step (`section` "analyse")
       perturb/<name>.nc        one file per [[perturb]] step; perturb/<name>/ is its resumable working folder
       figures/<name>.png
-      compare/<session>/       the nested session of a [compare] preparation
+      compare/<session>/       (sessions of earlier versions) the nested session of a [compare] preparation
+
+A sweep (`rig.sweep`) has a folder of its own, `SweepLayout`: `<archive>/sweeps/<id>/` (see there).
 
 Nothing else in the rig spells these names: steps ask the layout for `stimuli`, `result(section, name)`, ...
 The folder format has a `schema_version` (in session.json); folders written by earlier versions of this
@@ -42,6 +44,10 @@ FIGURES_DIR = "figures"
 COMPARE_DIR = "compare"
 #: protocol section of a step -> folder of its results
 RESULT_DIRS = {"analyse": "analyses", "perturb": "perturb"}
+SWEEPS_DIR = "sweeps"
+SWEEP_FILE = "sweep.json"
+POINTS_DIR = "points"
+ACROSS_DIR = "analyses"
 
 
 class SessionLayout:
@@ -131,3 +137,38 @@ class SessionLayout:
             return int(self.read_json(self.session_json).get("schema_version", 1))
         except (OSError, ValueError):
             return SCHEMA_VERSION
+
+
+class SweepLayout(SessionLayout):
+    """The folder of a sweep, beside the point sessions it groups (which are ordinary sessions of the archive):
+
+        <archive>/sweeps/<UTC time>-<protocol name>-<8 hex>/
+          protocol.toml  protocol.resolved.json  overrides.json   the sweep file, as for a session
+          sweep.json               status, points (label, overrides, session, status, attempts, error), across
+                                   steps, headline
+          points/<index>.json      which session runs point <index> (written by whoever starts it)
+          analyses/<name>.nc       one file per [[across]] step
+          figures/<name>.png  report.html  log.txt  .lock
+    """
+
+    sweep_json = property(lambda self: self._p(SWEEP_FILE))
+    points_dir = property(lambda self: self._p(POINTS_DIR))
+
+    @property
+    def archive(self) -> Path:
+        """The archive root that holds the sweep's sessions (`<archive>/sweeps/<id>` -> `<archive>`)."""
+        return self.folder.parent.parent
+
+    def point(self, index: int) -> Path:
+        """The record of which session runs point `index`."""
+        return self.points_dir / f"{int(index):04d}.json"
+
+    def result(self, section: str, name: str) -> Path:
+        """The result file of across step `name` (`analyses/<name>.nc`)."""
+        return self._p(f"{ACROSS_DIR}/{name}.nc")
+
+    def scratch(self, section: str, name: str) -> Path:
+        return self._p(f"{ACROSS_DIR}/{name}")
+
+    def results(self) -> dict[str, Path]:
+        return {f"{ACROSS_DIR}/{f.stem}": f for f in sorted((self.folder / ACROSS_DIR).glob("*.nc"))}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stimuli.registry import did_you_mean
 
 from .errors import ProtocolError
-from .steps.base import LIST_SECTIONS, StepSettings, Strict, steps
+from .steps.base import ACROSS, LIST_SECTIONS, TABLE_SECTIONS, StepSettings, Strict, steps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,6 +160,24 @@ class CompareSpec(Strict):
                               "weights)")
 
 
+class SweepSpec(Strict):
+    """One session per point: a grid (every combination of the listed values) and/or a list of points, each a
+    set of protocol settings by key path (`"subject.arch"`, `"stimuli.seed"`, `"analyse.0.bins"`); with both,
+    every point is crossed with the grid. A point may carry a `label` (its name in figures)."""
+
+    grid: dict[str, Any] = Field(default_factory=dict, description='key path -> list of values, e.g. '
+                                 '{"subject.weights" = ["random", "openai"], "stimuli.seed" = [0, 1]}')
+    points: list[dict[str, Any]] = Field(default_factory=list, description='list of {key path = value, ...}, '
+                                         'e.g. [{"subject.arch" = "RN50"}, {"subject.arch" = "ViT-B-32", '
+                                         'label = "CLIP ViT"}]')
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "SweepSpec":
+        if not self.grid and not self.points:
+            raise ValueError("a sweep needs grid = {\"key.path\" = [values, ...]} or points = [{...}, ...]")
+        return self
+
+
 class Protocol(Strict):
     """A validated protocol. The step tables `analyse` and `perturb` hold the settings of registered step types
     (`rig.steps`); `protocol_model()` is the schema with their unions, which validation uses."""
@@ -175,16 +193,24 @@ class Protocol(Strict):
     analyse: list[StepSettings] = Field(default_factory=list, description="analysis steps, run in order")
     perturb: list[StepSettings] = Field(default_factory=list, description="perturbation steps, run in order")
     compare: CompareSpec | None = None
+    sweep: SweepSpec | None = Field(None, description="run one session per point (`rig sweep`)")
+    across: list[StepSettings] = Field(default_factory=list, description="steps run once every point of the "
+                                       "sweep is done, over all its sessions")
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> "Protocol":
-        for section in LIST_SECTIONS:
+        if self.sweep is not None and self.compare is not None:
+            raise ValueError("a protocol has [sweep] or [compare], not both: add the compared preparation as a "
+                             "point of the sweep, and an [[across]] step of type \"compare\"")
+        if self.across and self.sweep is None and self.compare is None:
+            raise ValueError("[[across]] steps run over the sessions of a sweep: add a [sweep] table")
+        for section in TABLE_SECTIONS:
             keys = [s.key for s in getattr(self, section)]
             dup = {k for k in keys if keys.count(k) > 1}
             if dup:
                 raise ValueError(f"{section} steps need unique names; give `name = ...` to: {sorted(dup)}")
         earlier: list[tuple[str, str]] = []  # (type, name) of the steps before, in the order steps run
-        for section in LIST_SECTIONS:
+        for section in TABLE_SECTIONS:
             for i, spec in enumerate(getattr(self, section)):
                 for field, need in steps[spec.type].needs().items():
                     value = getattr(spec, field)
@@ -205,14 +231,20 @@ class Protocol(Strict):
         """The protocol of the comparison preparation: this one with `compare.overrides` applied (and no
         [compare] of its own)."""
         data = self.resolved()
+        data.pop(ACROSS, None)
         overrides = data.pop("compare")["overrides"]
         for item in overrides:
             _apply_override(data, item, f"{source} [compare]")
         return validate_protocol(data, source=f"{source} [compare]")
 
     def resolved(self) -> dict[str, Any]:
-        """Every setting with defaults filled in, as JSON-able data (protocol.resolved.json)."""
-        return self.model_dump(mode="json")
+        """Every setting with defaults filled in, as JSON-able data (protocol.resolved.json); a protocol without
+        a sweep has no `sweep` / `across` keys (as before sweeps existed, so its hash is unchanged)."""
+        data = self.model_dump(mode="json")
+        if data.get("sweep") is None and not data.get(ACROSS):
+            data.pop("sweep", None)
+            data.pop(ACROSS, None)
+        return data
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
@@ -229,8 +261,10 @@ def protocol_model() -> type[Protocol]:
     steps.load_plugins()
     if _MODEL.get("version") != steps.version:
         fields: dict[str, Any] = {}
-        for section in LIST_SECTIONS:
+        for section in TABLE_SECTIONS:
             models = [steps[t].Settings for t in steps.names() if steps[t].section == section]
+            if not models:
+                continue
             union = Annotated[Union[tuple(models)], Field(discriminator="type")] if len(models) > 1 else models[0]
             fields[section] = (list[union], Field(default_factory=list, description=f"{section} steps, run in order"))
         _MODEL.update(version=steps.version, model=create_model("Protocol", __base__=Protocol, **fields))
@@ -255,6 +289,11 @@ def load_protocol(path: str | Path, overrides: list[str] | None = None) -> Proto
 
 
 def parse_protocol(text: str, source: str = "<protocol>", overrides: list[str] | None = None) -> Protocol:
+    return validate_protocol(protocol_data(text, source, overrides), source=source, text=text, overrides=overrides)
+
+
+def protocol_data(text: str, source: str = "<protocol>", overrides: list[str] | None = None) -> dict[str, Any]:
+    """The TOML text as data, with the `key.path=value` overrides applied (not validated)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -264,31 +303,42 @@ def parse_protocol(text: str, source: str = "<protocol>", overrides: list[str] |
         raise ProtocolError(f"{source}:{line}: malformed TOML: {msg}") from None
     for item in overrides or []:
         _apply_override(data, item, source)
-    return validate_protocol(data, source=source, text=text, overrides=overrides)
+    return data
+
+
+def key_path(key: str) -> tuple:
+    """A dotted key path as a location tuple (`"analyse.0.bins"` -> `("analyse", 0, "bins")`)."""
+    return tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
 
 
 class _Where:
     """Where a key path of a protocol is written: `file:line`, or `file --set key=value` for a key that an
-    override set (the file's line would be the wrong place to look)."""
+    override set (the file's line would be the wrong place to look). `placed` maps key paths set elsewhere (a
+    sweep point's settings) to where they are written; `context` (e.g. `sweep point 3 (seed=1)`) follows the
+    place."""
 
-    def __init__(self, source: str, text: str = "", overrides: list[str] | None = None):
+    def __init__(self, source: str, text: str = "", overrides: list[str] | None = None,
+                 placed: dict[str, str] | None = None, context: str = ""):
         self.source, self.lines = source, _key_lines(text)
-        self.overrides = {tuple(int(p) if p.isdigit() else p for p in item.split("=", 1)[0].strip().split(".")): item
+        self.overrides = {key_path(item.split("=", 1)[0]): f"{source} --set {item}"
                           for item in overrides or [] if "=" in item}
+        self.overrides.update({key_path(key): at for key, at in (placed or {}).items()})
+        self.context = f": {context}" if context else ""
 
     def __call__(self, loc: tuple) -> str:
         loc = tuple(loc)
-        for path, item in self.overrides.items():
-            if loc[:len(path)] == path:
-                return f"{self.source} --set {item}"
-        return f"{self.source}:{_line_for(loc, self.lines)}"
+        for path, at in self.overrides.items():
+            if loc[:len(path)] == path or (loc and path[:len(loc)] == loc):  # the key, or a table it is in
+                return at + self.context
+        return f"{self.source}:{_line_for(loc, self.lines)}{self.context}"
 
 
 def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: str = "",
-                      overrides: list[str] | None = None) -> Protocol:
+                      overrides: list[str] | None = None, where: _Where | None = None) -> Protocol:
     """Validate already-parsed protocol data (also the resolved JSON of a session); `text` (the TOML) and the
-    `overrides` applied to it locate each mistake."""
-    where = _Where(source, text, overrides)
+    `overrides` applied to it locate each mistake (or `where`, for a sweep's points). A sweep's points are
+    validated too, each as the session it will run."""
+    where = where or _Where(source, text, overrides)
     try:
         protocol = protocol_model().model_validate(data)
     except ValidationError as e:
@@ -300,6 +350,10 @@ def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: st
         except ProtocolError as e:
             first = re.sub(r"^ \[compare\]:[^:]*: ", "", str(e).splitlines()[0])
             raise ProtocolError(f"{where(('compare', 'overrides'))}: compare.overrides: {first}") from None
+    if protocol.sweep is not None:
+        from .sweeps import expand
+
+        expand(data, source=source, text=text, overrides=overrides)  # every point, before anything runs
     return protocol
 
 
@@ -330,7 +384,8 @@ def _check_stimuli(protocol: Protocol, at: _Where) -> None:
         raise ProtocolError(f"{where(key)}: stimuli{'.' + key if key else ''}: {e}") from None
 
 
-def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key.path=value` as (key path, value): the value in TOML syntax, or else a bare string."""
     if "=" not in item:
         raise ProtocolError(f"--set {item!r}: expected key.path=value (e.g. stimuli.n=500)")
     key, raw = item.split("=", 1)
@@ -338,18 +393,31 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare string
+    return key.strip(), value
+
+
+def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
+    key, value = parse_override(item)
+    set_key(data, key, value)
+
+
+def set_key(data: dict[str, Any], key: str, value: Any, where: str = "--set") -> None:
+    """Set the setting at dotted key path `key` of protocol data (tables are made as needed; a list element is
+    named by its index). `where` starts the error message (`--set`, or the file and line of a sweep point)."""
     node: Any = data
     parts = key.strip().split(".")
     for i, part in enumerate(parts):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ProtocolError(f"--set {key}: {'.'.join(parts[:i])} has no entry {part}")
+                raise ProtocolError(f"{where} {key}: {'.'.join(parts[:i])} has no entry {part}")
             part = int(part)
         elif not isinstance(node, dict):
-            raise ProtocolError(f"--set {key}: {'.'.join(parts[:i])} is a value ({node!r}), not a table; "
+            raise ProtocolError(f"{where} {key}: {'.'.join(parts[:i])} is a value ({node!r}), not a table; "
                                 f"set {'.'.join(parts[:i])}=... instead")
         if i == len(parts) - 1:
             node[part] = value
+        elif isinstance(node, dict) and part not in node and parts[i + 1].isdigit():
+            raise ProtocolError(f"{where} {key}: {'.'.join(parts[:i + 1])} has no entry {parts[i + 1]}")
         else:
             node = node[part] if isinstance(node, list) else node.setdefault(part, {})
 
@@ -409,7 +477,7 @@ def _fields_at(loc: tuple, data: Any) -> list[str]:
             continue
         if isinstance(part, int):
             continue
-        if model is top and part in LIST_SECTIONS:
+        if model is top and part in TABLE_SECTIONS:
             model = "steps"
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None

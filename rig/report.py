@@ -135,10 +135,15 @@ def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool
     ]
     if info.description:
         parts.append(f"<p>{escape(info.description)}</p>")
-    parts.append(_table(None, [
-        ("subject", info.subject), ("created", info.created), ("updated", info.updated),
-        ("heartbeat", info.heartbeat), ("wall time (s)", info.seconds), ("host", info.host), ("pid", info.pid),
-    ]))
+    rows = [("subject", info.subject), ("created", info.created), ("updated", info.updated),
+            ("heartbeat", info.heartbeat), ("wall time (s)", info.seconds), ("host", info.host), ("pid", info.pid)]
+    if info.sweep:  # a point of a sweep: link the sweep's page
+        from rig.sweep_report import sweep_of
+
+        of = sweep_of(info)
+        rows.insert(0, ("sweep", _Html(f'<a href="{_href(of["report"])}">{escape(of["id"])}</a> point '
+                                       f'{escape(str(of["index"]))}: {escape(str(of["label"]))}')))
+    parts.append(_table(None, rows))
     if info.error:
         e = info.error
         parts.append("<h2>Error</h2>")
@@ -201,6 +206,13 @@ def index_html(archive: Archive) -> str:
             f"{escape(_fmt(datetime.now(timezone.utc)))}</p>"]
     body.append(_table(["session", "protocol", "subject", "created", "seconds", *keys], rows)
                 if infos else "<p>No sessions yet: run one with <code>rig run PROTOCOL</code>.</p>")
+    sweeps = archive.sweep_dirs()
+    if sweeps:  # newest first, like the sessions
+        body.append("<h2>Sweeps</h2>")
+        body.append(_table(["sweep", "status"], [
+            (_Html(f'<a href="{_href(f"sweeps/{d.name}/{REPORT_FILE}")}">{escape(d.name)}</a>'),
+             _status(str(json.loads((d / "sweep.json").read_text(encoding="utf-8")).get("status"))))
+            for d in reversed(sweeps)]))
     return _page(f"rig sessions - {archive.root}", "\n".join(body))
 
 
@@ -221,6 +233,10 @@ def write_reports(archive_root: str | os.PathLike, refs: Sequence[str] = (), emb
     indexed = archive.root.is_dir()
     written = [write_session_report(i.path, embed=embed, index_link=indexed and i.path.parent.resolve()
                                     == archive.root.resolve()) for i in infos]
+    if not refs:
+        from rig.sweep_report import write_sweep_report
+
+        written += [write_sweep_report(d, embed=embed) for d in archive.sweep_dirs()]
     if indexed:
         written.append(write_index(archive.root))
     return written

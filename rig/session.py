@@ -5,7 +5,7 @@
       stimuli.nc  recording.nc  behaviour.nc  analyses/<name>.nc  perturb/<name>.nc  figures/*.png  report.html
 
 The folder's paths belong to `rig.layout.SessionLayout`; the steps to `rig.steps` (one object per step type).
-Each step (design, record, analyse/<name>, perturb/<name>, compare) writes its files atomically and is then
+Each step (design, record, analyse/<name>, perturb/<name>) writes its files atomically and is then
 marked done in `session.json`; report.html is refreshed when the session ends. A resumed session redoes only the steps that
 are not done. A heartbeat in `session.json` lets readers tell a live session from one that was killed (SIGKILL
 leaves it "running" with a stale heartbeat); Ctrl-C and SIGTERM mark it "interrupted". An exclusive lock
@@ -80,6 +80,23 @@ class Session:
     def protocol(self) -> Protocol:
         """The resolved protocol (every default filled in)."""
         return validate_protocol(self.layout.read_json(self.layout.resolved), source=str(self.layout.resolved))
+
+    @property
+    def sweep(self) -> str | None:
+        """The id of the sweep this session is a point of (None for a session of its own)."""
+        return self.info.get("sweep")
+
+    @property
+    def point(self) -> dict[str, Any] | None:
+        """A sweep point's settings (key path -> value, applied to the sweep's protocol); None outside sweeps."""
+        point = self.info.get("point")
+        return dict(point.get("settings") or {}) if isinstance(point, dict) else None
+
+    @property
+    def label(self) -> str:
+        """The session's name in a sweep's figures (its point's label), else its id."""
+        point = self.info.get("point")
+        return str(point.get("label") or self.id) if isinstance(point, dict) else self.id
 
     @property
     def overrides(self) -> list[str] | None:
@@ -160,19 +177,52 @@ def open_session(path: str | os.PathLike, archive: str | os.PathLike | None = No
 
 def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | None = None,
         overrides: list[str] | None = None, progress: bool = True) -> Session:
-    """Run a protocol (a file path, or a validated `Protocol`) as a new session in `archive`."""
+    """Run a protocol (a file path, or a validated `Protocol`) as a new session in `archive`.
+
+    A protocol with `[compare]` runs as a two-point sweep (`rig.sweep`): the protocol as written, then the
+    compared preparation, then their figures side by side in the sweep's folder; the session of the protocol
+    as written is returned (`.sweep` names the sweep). A protocol with `[sweep]` is run by `rig.sweep`."""
+    proto, text, source = _load(protocol, overrides)
+    if proto.sweep is not None:
+        raise RigError(f"{source} has a [sweep] table: run it with `rig sweep {source}` (or rig.sweep(...))")
+    if proto.compare is not None:
+        from .sweep_exec import Sequential
+        from .sweeps import plan_sweep, run_plan
+
+        plan = plan_sweep(protocol, overrides)
+        first = preflight(plan.points[0].protocol, source)  # a mistake stops here, before anything is written
+        with Sequential(prepared={0: first}) as ex:
+            done = run_plan(plan, archive, ex, progress=progress, fail_fast=True)
+        failed = [p for p in done.points if p.get("status") != "completed"]
+        if failed:
+            raise RigError(f"sweep {done.id}: " + "; ".join(f"point {p['index']} ({p['label']}) {p.get('status')}: "
+                                                           f"{p.get('error') or 'see its session'}" for p in failed))
+        return done.sessions[0]
+    return start(proto, text, source, archive, overrides, progress)
+
+
+def _load(protocol: str | os.PathLike | Protocol, overrides: list[str] | None) -> tuple[Protocol, str | None, str]:
+    """(validated protocol, its TOML text or None, its source name) of a file path or a `Protocol`."""
     if isinstance(protocol, Protocol):
-        text, proto = None, protocol
         if overrides:
             raise RigError("overrides apply to protocol files; change the Protocol object instead")
-    else:
-        path = Path(protocol)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise RigError(f"{path}: cannot read protocol file ({e.strerror})") from None
-        proto = parse_protocol(text, source=str(path), overrides=overrides)  # the text saved is the text run
-    shared = preflight(proto, source=str(protocol) if text is not None else "<protocol>")
+        return protocol, None, "<protocol>"
+    path = Path(protocol)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RigError(f"{path}: cannot read protocol file ({e.strerror})") from None
+    return parse_protocol(text, source=str(path), overrides=overrides), text, str(path)  # the text saved is run
+
+
+def start(proto: Protocol, text: str | None, source: str, archive: str | os.PathLike | None = None,
+          overrides: list[str] | None = None, progress: bool = True, sweep: dict[str, Any] | None = None,
+          on_created: Any = None, shared: Any = None) -> Session:
+    """Preflight `proto` (unless `shared` is its preflight already), make its session folder in `archive` and
+    run it. `text`: the protocol file saved as protocol.toml (None: none); `sweep`: `{"sweep": id, "point":
+    {...}}` for a sweep's point session, stored in session.json; `on_created(folder)` is called once the folder
+    exists, before the first step."""
+    shared = shared if shared is not None else preflight(proto, source=source)
     archive = Path(archive) if archive is not None else default_archive()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = SessionLayout(archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}")
@@ -185,9 +235,12 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
     info = {"id": layout.folder.name, "schema_version": SESSION_SCHEMA, "status": "running",
             "protocol_name": proto.name, "created": now_iso(), "updated": now_iso(), "heartbeat": now_iso(),
             "heartbeat_interval_s": HEARTBEAT_S, "pid": os.getpid(), "host": socket.gethostname(),
-            "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {}}
+            "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {},
+            **(sweep or {})}
     write_json(layout.session_json, info)
     write_json(layout.provenance, provenance.collect(proto))
+    if on_created is not None:
+        on_created(layout.folder)
     return Runner(layout.folder, proto, progress=progress, shared=shared).run()
 
 
@@ -245,7 +298,13 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
     proto = session.protocol
     toml = session.layout.protocol_toml
     if toml.is_file():
-        current = parse_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides)
+        if info.get("point") is not None:  # a sweep's point: the sweep file with the point's settings
+            from .sweeps import point_protocol
+
+            current = point_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides,
+                                     info["point"].get("settings") or {})
+        else:
+            current = parse_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides)
         if current.hash() != proto.hash() and not force:
             raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
                            "settings (use `rig rerun` for a new session, or --force)")
@@ -285,8 +344,7 @@ class Runner:
         with self._exclusive(), self._logging() as log, self._heartbeat(), _sigterm_raises() as received:
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None)
             ctx = StepContext(self.layout, self.protocol, log=log, progress=self.progress,
-                              headline=self.info.setdefault("headline", {}), shared=self.shared,
-                              nested_session=self._nested)
+                              headline=self.info.setdefault("headline", {}), shared=self.shared)
             current = None
             try:
                 keys = [p.key for p in self.plan]
@@ -330,16 +388,6 @@ class Runner:
                 e.session_path = self.folder  # type: ignore[attr-defined]  (the CLI names the session)
                 raise
         return Session(self.folder)
-
-    def _nested(self, protocol: Protocol, archive: Path) -> Session:
-        """The session of `protocol` nested in `archive` (a [compare] preparation): run it, resume it if it was
-        interrupted, or reuse it when it is completed."""
-        nested = sorted(Path(archive).glob("*/session.json"))
-        if not nested:
-            return run(protocol, archive=archive, progress=self.progress)
-        if open_session(nested[0].parent).status != "completed":
-            return resume(nested[0].parent, progress=self.progress)
-        return open_session(nested[0].parent)
 
     def _say(self, line: str) -> None:
         """One progress line on stderr per step (with progress on), beside the step's own progress bars."""

@@ -32,6 +32,14 @@ def build(seed: int = 0) -> nn.Module:
     return TinyNet()
 
 
+def tiny(channels: int = 4) -> nn.Module:
+    """A TinyNet with `channels` conv channels (sweeps compare two such subjects)."""
+    net = TinyNet()
+    net.conv = nn.Conv2d(3, channels, 3, padding=1)
+    net.head = nn.Linear(channels, 5)
+    return net
+
+
 def build_unseeded() -> nn.Module:
     """A TinyNet drawn from the (rig-seeded) torch RNG."""
     return TinyNet()

@@ -15,7 +15,7 @@ def rig(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     out = rig("--help")
     for command in ("run", "validate", "resume", "rerun", "sites", "schema", "ls", "show", "diff", "rm", "report",
-                    "compare"):
+                    "compare", "sweep"):
         assert command in out.stdout
 
 

@@ -315,21 +315,6 @@ def test_compare_two_sessions_side_by_side(archive, tmp_path):
     assert out.returncode == 2 and "has no analyses/nothing.nc" in out.stderr
 
 
-def test_compare_section_runs_a_second_preparation_inside_the_session(tmp_path):
-    """[compare]: the same protocol with other settings runs as a nested session, drawn side by side."""
-    text = _protocol(tmp_path, n=120).read_text().replace("n_stimuli = 40", "n_stimuli = 10")
-    proto = tmp_path / "compare.toml"
-    proto.write_text(text + '\n[compare]\noverrides = ["subject.seed=1"]\nlabel = "another phantom"\n')
-    s = rig.run(proto, archive=tmp_path / "archive", progress=False)
-    assert s.status == "completed" and s.info["steps"]["compare"]["status"] == "done"
-    (nested,) = (s.path / "compare").iterdir()
-    other = rig.open_session(nested)
-    assert other.status == "completed" and other.protocol.subject.seed == 1 and other.protocol.compare is None
-    assert (s.path / "figures" / "compare_spatial_scores.png").is_file()
-    assert s.info["headline"]["compare: session"] == f"compare/{nested.name}"
-    assert rig.Archive(tmp_path / "archive").sessions().shape[0] == 1  # nested sessions are not listed apart
-
-
 def test_compare_overrides_are_validated_with_the_protocol(tmp_path):
     proto = _protocol(tmp_path)
     proto.write_text(proto.read_text() + '\n[compare]\noverrides = ["subject.sed=1"]\n')

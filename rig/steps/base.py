@@ -36,9 +36,13 @@ from stimuli.registry import Registry
 
 from ..layout import SessionLayout
 
-#: protocol sections in the order their steps run; "design", "record" and "compare" hold one step each
-SECTIONS = ("design", "record", "analyse", "perturb", "compare")
+#: protocol sections of a session's steps in the order they run; "design" and "record" hold one step each
+SECTIONS = ("design", "record", "analyse", "perturb")
 LIST_SECTIONS = ("analyse", "perturb")
+#: the `[[across]]` steps of a sweep: they run once every point's session is done, in the sweep's folder
+ACROSS = "across"
+#: every section written as an array of step tables, in the order their steps run
+TABLE_SECTIONS = LIST_SECTIONS + (ACROSS,)
 
 
 class Strict(BaseModel):
@@ -73,8 +77,9 @@ class Step:
     """One step type. Subclasses set `section` and `Settings` and implement `run`; `check` is optional.
 
     `section`: `analyse` or `perturb` for steps written as `[[analyse]]` / `[[perturb]]` tables; the fixed
-    steps `design`, `record` and `compare` have their own section and read their settings from the protocol
-    table named by `settings_from` (`stimuli`, `record`, `compare`).
+    steps `design` and `record` have their own section and read their settings from the protocol table named
+    by `settings_from` (`stimuli`, `record`). `across`: a step of a sweep (`[[across]]` tables), run once
+    every point's session is done, in the sweep's folder, with `ctx.sessions` (the point sessions in order).
     """
 
     section: ClassVar[str] = "analyse"
@@ -110,7 +115,16 @@ class Step:
         raise NotImplementedError
 
     def compare_figure(self, a: Any, b: Any, labels: tuple[str, str]) -> Any | None:
-        """A figure of this step's results of two preparations side by side (for `[compare]`), or None."""
+        """A figure of this step's results of two preparations side by side, or None."""
+        return None
+
+    def across_figure(self, results: "typing.Mapping[str, Any]") -> Any | None:
+        """A figure of this step's results in several sessions (label -> result dataset, in the sweep's order)
+        side by side, drawn by the `compare` across step; None when the step has none. Default: two sessions
+        through `compare_figure`."""
+        if len(results) == 2:
+            (la, a), (lb, b) = results.items()
+            return self.compare_figure(a, b, (la, lb))
         return None
 
     def __repr__(self) -> str:
@@ -141,8 +155,9 @@ def register_step(step: type[Step] | Step) -> Any:
     instance = step() if isinstance(step, type) else step
     if not isinstance(instance, Step):
         raise TypeError(f"{step!r} is not a rig.steps.Step")
-    if instance.section not in SECTIONS:
-        raise ValueError(f"step {instance.type!r}: section must be one of {SECTIONS}, got {instance.section!r}")
+    if instance.section not in SECTIONS + (ACROSS,):
+        raise ValueError(f"step {instance.type!r}: section must be one of {SECTIONS + (ACROSS,)}, got "
+                         f"{instance.section!r}")
     steps.register(instance.type, instance)
     return step
 
@@ -184,7 +199,7 @@ class PlannedStep:
 
 
 def plan(protocol: Any) -> list[PlannedStep]:
-    """The steps of `protocol` in the order they run."""
+    """The steps of a session of `protocol` in the order they run (a sweep's `[[across]]` steps: `plan_across`)."""
     out = []
     for section in SECTIONS:
         if section in LIST_SECTIONS:
@@ -196,6 +211,12 @@ def plan(protocol: Any) -> list[PlannedStep]:
             if spec is not None:
                 out.append(PlannedStep(section, step, spec, (step.settings_from,)))
     return out
+
+
+def plan_across(protocol: Any) -> list[PlannedStep]:
+    """The `[[across]]` steps of a sweep protocol in the order they run (keys `across/<name>`)."""
+    return [PlannedStep(f"{ACROSS}/{spec.key}", steps.lookup(spec.type), spec, (ACROSS, i))
+            for i, spec in enumerate(getattr(protocol, ACROSS, None) or [])]
 
 
 @dataclass
@@ -210,7 +231,9 @@ class Shared:
 @dataclass
 class StepContext:
     """What a step sees: the session folder (`layout`), the protocol, a log, the headline (key results shown by
-    `rig ls`), shared objects, and the files it wrote (`outputs`, relative paths)."""
+    `rig ls`), shared objects, and the files it wrote (`outputs`, relative paths). An `[[across]]` step runs in
+    the sweep's folder (`layout` is a `rig.layout.SweepLayout`) and sees `sessions`: the point sessions in
+    order (`rig.Session`, each with `.point`, its overrides, and `.label`)."""
 
     layout: SessionLayout
     protocol: Any
@@ -221,7 +244,7 @@ class StepContext:
     planned: PlannedStep | None = None
     outputs: list[str] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)
-    nested_session: Callable[..., Any] | None = None  # (protocol, archive) -> Session, for [compare]
+    sessions: list[Any] = field(default_factory=list)
 
     def for_step(self, planned: PlannedStep) -> "StepContext":
         """The context of one step (same shared objects and headline, its own outputs)."""
@@ -274,7 +297,7 @@ class StepContext:
         """The earlier step that settings field `field_name` (annotated `Needs`) names."""
         need = steps.lookup(spec.type).needs()[field_name]
         name = getattr(spec, field_name)
-        for p in plan(self.protocol):
+        for p in plan(self.protocol) + plan_across(self.protocol):
             if p.step.type == need.type and p.name == name:
                 return p
         from ..errors import ProtocolError
@@ -282,9 +305,17 @@ class StepContext:
         raise ProtocolError(f"{spec.key}: {field_name} = {name!r} names no {need.type} step")
 
     def result_of(self, spec: Any, field_name: str) -> Path:
-        """The result file of the step that `field_name` names (see `referenced`)."""
+        """The result file of the step that `field_name` names (see `referenced`); in an across step, of an
+        earlier across step (a session step's files: `results_of`)."""
         p = self.referenced(spec, field_name)
         return self.layout.result(p.section, p.name)
+
+    def results_of(self, spec: Any, field_name: str) -> dict[str, Path]:
+        """In an across step: the result file, in each point session, of the session step that `field_name`
+        names, as `{session label: path}` in the sweep's order (a session without the file is left out)."""
+        p = self.referenced(spec, field_name)
+        found = {s.label: s.layout.result(p.section, p.name) for s in self.sessions}
+        return {label: path for label, path in found.items() if path.is_file()}
 
     # -- writing -------------------------------------------------------------------------------------------
     @property

@@ -1,39 +1,70 @@
-"""The compare step: a second preparation (`[compare]`: the protocol with some settings changed, e.g. random
-weights) runs as a session nested in `compare/`, and every step that can draws both side by side."""
+"""The `compare` across step: the sessions of a sweep side by side (a `[compare]` table adds it by itself)."""
 from __future__ import annotations
 
-from ..protocol import CompareSpec
-from .base import Step, StepContext, plan, register_step
+import math
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import ACROSS, Step, StepContext, StepSettings, plan, register_step
+
+
+class CompareSettings(StepSettings):
+    type: Literal["compare"]
+    steps: list[str] = Field(["*"], description="globs over the names of the session steps to draw "
+                             "(analyse and perturb steps)")
 
 
 @register_step
 class Compare(Step):
-    """Run the comparison preparation as a nested session (resumed if interrupted, reused if completed), then draw
-    each result of both preparations side by side where its step knows how (`Step.compare_figure`)."""
+    """The point sessions side by side: for each analyse / perturb step that can draw several sessions' results
+    (`Step.across_figure`), one figure of all of them, and a table of every session's key numbers."""
 
-    section = "compare"
-    settings_from = "compare"
-    Settings = CompareSpec
+    section = ACROSS
+    Settings = CompareSettings
 
-    def run(self, ctx: StepContext, spec: CompareSpec) -> None:
+    def run(self, ctx: StepContext, spec: CompareSettings) -> None:
         import xarray as xr
 
-        other_protocol = ctx.protocol.compared(str(ctx.layout.resolved))
-        other = ctx.nested_session(other_protocol, ctx.layout.compare_dir)
-        label = spec.label or f"weights={other_protocol.subject.weights}, seed={other_protocol.subject.seed}"
-        mine = f"weights={ctx.protocol.subject.weights}, seed={ctx.protocol.subject.seed}"
-        for planned in plan(ctx.protocol):
-            if planned.section not in ("analyse", "perturb"):
+        from stimuli.registry import glob_match
+
+        labels = [s.label for s in ctx.sessions]
+        chosen = [p for p in plan(ctx.protocol) if p.section in ("analyse", "perturb")
+                  and glob_match([p.name], spec.steps)]
+        for planned in chosen:
+            paths = {s.label: s.layout.result(planned.section, planned.name) for s in ctx.sessions}
+            paths = {label: path for label, path in paths.items() if path.is_file()}
+            if len(paths) < 2:
                 continue
-            mine_path = ctx.layout.result(planned.section, planned.name)
-            theirs_path = type(ctx.layout)(other.path).result(planned.section, planned.name)
-            if not (mine_path.is_file() and theirs_path.is_file()):
-                continue
-            with xr.open_dataset(mine_path) as a, xr.open_dataset(theirs_path) as b:
-                fig = planned.step.compare_figure(a, b, (mine, label))
-                if fig is not None:
-                    ctx.write_figure(f"compare_{planned.name}", fig,
-                                     caption=f"{planned.name}: this session ({mine}) beside {label}.")
-        for key, value in other.info.get("headline", {}).items():
-            ctx.headline[f"compare: {key}"] = value
-        ctx.headline["compare: session"] = f"compare/{other.id}"
+            opened = {label: xr.open_dataset(path) for label, path in paths.items()}
+            try:
+                fig = planned.step.across_figure(opened)
+            finally:
+                for ds in opened.values():
+                    ds.close()
+            if fig is not None:
+                ctx.write_figure(f"{spec.key}_{planned.name}", fig, caption=(
+                    f"{planned.name} of each session of the sweep ({'; '.join(paths)}), drawn side by side."))
+        ctx.write_result(headline_table(ctx.sessions))
+        ctx.headline["sessions"] = len(labels)
+
+
+def headline_table(sessions: list[Any]) -> Any:
+    """Every session's numeric key results (`rig ls` headline) as an `xr.Dataset` along `session` (coordinates
+    `label` and `id`); a key a session lacks is NaN."""
+    import numpy as np
+    import xarray as xr
+
+    keys = list(dict.fromkeys(k for s in sessions for k, v in s.info.get("headline", {}).items() if _number(v)))
+    data = {k.replace("/", "_"): ("session", np.array([_value(s.info.get("headline", {}).get(k)) for s in sessions]))
+            for k in keys}
+    return xr.Dataset(data, coords={"session": np.arange(len(sessions)), "label": ("session", [s.label for s in sessions]),
+                                    "id": ("session", [s.id for s in sessions])})
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _value(v: Any) -> float:
+    return float(v) if _number(v) else math.nan

@@ -106,3 +106,8 @@ class SpatialScores(Step):
         import analyses
 
         return analyses.compare_preparations(a, b, labels=labels)
+
+    def across_figure(self, results: Any) -> Any:
+        import analyses
+
+        return analyses.preparations_figure(results)
