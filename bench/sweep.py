@@ -106,7 +106,7 @@ def main() -> None:
     inside_seq = sum(p["seconds"] for p in done.points)
     print(f"in-process:          {wall_seq:7.1f} s wall (sum of the sessions' own times {inside_seq:.1f} s); load "
           f"{before} -> {load()}")
-    (w1, in1), (w2, _in2) = rows[1], rows[2]
+    (w1, in1), (w2, _) = rows[1], rows[2]
     print(f"speed-up, 2 workers vs 1: {w1 / w2:.2f}x (goal >= 1.7x)")
     print(f"scheduling overhead per session on Dask: {(w1 - in1) / a.sessions:.3f} s (goal < 1 s); in-process "
           f"executor: {(wall_seq - inside_seq) / a.sessions:.3f} s")

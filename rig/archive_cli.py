@@ -152,6 +152,9 @@ def cmd_show(args: argparse.Namespace) -> int:
            f"protocol  {info.protocol_name}"]
     if info.description:
         out.append(f"          {info.description}")
+    if info.sweep:
+        point = info.session.get("point") or {}
+        out.append(f"sweep     {info.sweep} (point {point.get('index')}: {point.get('label')})")
     out += [f"subject   {info.subject}", f"created   {_text(info.created)} UTC",
             f"updated   {_text(info.updated)} UTC", f"wall time {_text(info.seconds)} s",
             f"host/pid  {info.host or ''} {info.pid or ''}".rstrip()]

@@ -41,7 +41,6 @@ STIMULI_FILE = "stimuli.nc"
 RECORDING_FILE = "recording.nc"
 BEHAVIOUR_FILE = "behaviour.nc"
 FIGURES_DIR = "figures"
-COMPARE_DIR = "compare"
 #: protocol section of a step -> folder of its results
 RESULT_DIRS = {"analyse": "analyses", "perturb": "perturb"}
 SWEEPS_DIR = "sweeps"
@@ -79,7 +78,6 @@ class SessionLayout:
     recording = property(lambda self: self._p(RECORDING_FILE))
     behaviour = property(lambda self: self._p(BEHAVIOUR_FILE))
     figures_dir = property(lambda self: self._p(FIGURES_DIR))
-    compare_dir = property(lambda self: self._p(COMPARE_DIR))
 
     # -- per step ------------------------------------------------------------------------------------------
     def result(self, section: str, name: str) -> Path:

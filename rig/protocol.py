@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stimuli.registry import did_you_mean
 
 from .errors import ProtocolError
-from .steps.base import ACROSS, LIST_SECTIONS, TABLE_SECTIONS, StepSettings, Strict, steps
+from .steps.base import ACROSS, TABLE_SECTIONS, StepSettings, Strict, steps
 
 if sys.version_info >= (3, 11):
     import tomllib

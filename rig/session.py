@@ -415,53 +415,70 @@ class Runner:
             self.info["steps"][key].update(fields)
         self._update()
 
-    @contextlib.contextmanager
-    def _heartbeat(self) -> Iterator[None]:
-        stop = threading.Event()
+    def _heartbeat(self) -> Any:
+        return heartbeat(self._update, HEARTBEAT_S)
 
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_S):
-                with contextlib.suppress(OSError):
-                    self._update()
+    def _exclusive(self) -> Any:
+        return exclusive(self.layout.lock, f"{self.folder.name} is being written by another process (pid "
+                                           f"{self.info.get('pid')}); wait for it or stop it")
 
-        thread = threading.Thread(target=beat, name="rig-heartbeat", daemon=True)
-        thread.start()
+    def _logging(self) -> Any:
+        return file_log(f"rig.session.{self.folder.name}", self.layout.log)
+
+
+@contextlib.contextmanager
+def heartbeat(beat: Any, interval_s: float) -> Iterator[None]:
+    """Call `beat()` every `interval_s` seconds in a thread while the block runs (a folder's heartbeat:
+    readers tell a live session or sweep from one whose process was killed)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            with contextlib.suppress(OSError):
+                beat()
+
+    thread = threading.Thread(target=loop, name="rig-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock (flock) on the file `lock` while the block runs; raise `RigError(busy)` if another
+    process holds it. The file is removed on the way out."""
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RigError(busy) from None
         try:
             yield
-        finally:
-            stop.set()
-            thread.join()
+        finally:  # still holding the lock: no one else can be using the file
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        os.close(fd)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        fd = os.open(self.layout.lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RigError(f"{self.folder.name} is being written by another process "
-                               f"(pid {self.info.get('pid')}); wait for it or stop it") from None
-            try:
-                yield
-            finally:  # still holding the lock: no one else can be using the file
-                with contextlib.suppress(OSError):
-                    self.layout.lock.unlink()
-        finally:
-            os.close(fd)
 
-    @contextlib.contextmanager
-    def _logging(self) -> Iterator[logging.Logger]:
-        log = logging.getLogger(f"rig.session.{self.folder.name}")
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        handler = logging.FileHandler(self.layout.log, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        try:
-            yield log
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+@contextlib.contextmanager
+def file_log(name: str, path: Path) -> Iterator[logging.Logger]:
+    """A logger `name` that writes to the file `path` (and nowhere else) while the block runs."""
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 @contextlib.contextmanager

@@ -18,11 +18,9 @@ plus the across step `compare`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import fcntl
 import hashlib
 import itertools
 import json
@@ -36,7 +34,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ProtocolError, RigError
 from .io import now_iso, write_json, write_text
@@ -502,7 +500,12 @@ class SweepRunner:
     def run(self) -> Sweep:
         from .session import SessionInterrupted
 
-        with self._exclusive(), self._logging() as log, self._heartbeat():
+        from .session import exclusive, file_log, heartbeat
+
+        busy = (f"sweep {self.layout.folder.name} is being run by another process (pid {self.info.get('pid')} on "
+                f"{self.info.get('host')}); wait for it or stop it")
+        with exclusive(self.layout.lock, busy), file_log(f"rig.sweep.{self.layout.folder.name}", self.layout.log) \
+                as log, heartbeat(self._update, HEARTBEAT_S):
             self._points_from_archive()
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                          heartbeat_interval_s=HEARTBEAT_S, executor=self.executor.describe())
@@ -627,24 +630,6 @@ class SweepRunner:
             self.info["updated"] = self.info["heartbeat"] = now_iso()
             write_json(self.layout.sweep_json, self.info)
 
-    @contextlib.contextmanager
-    def _heartbeat(self) -> Iterator[None]:
-        """Refresh sweep.json's heartbeat while the points run (readers tell a live sweep from a killed one)."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_S):
-                with contextlib.suppress(OSError):
-                    self._update()
-
-        thread = threading.Thread(target=beat, name="rig-sweep-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
     def _say(self, line: str) -> None:
         if self.progress:
             print(line, file=sys.stderr, flush=True)
@@ -656,34 +641,3 @@ class SweepRunner:
             write_sweep_report(self.layout.folder)
         except Exception as e:  # noqa: BLE001  (a report is never fatal)
             log.warning("report.html not written: %s", e)
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        fd = os.open(self.layout.lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RigError(f"sweep {self.layout.folder.name} is being run by another process (pid "
-                               f"{self.info.get('pid')} on {self.info.get('host')}); wait for it or stop it") from None
-            try:
-                yield
-            finally:  # still holding the lock
-                with contextlib.suppress(OSError):
-                    self.layout.lock.unlink()
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _logging(self) -> Iterator[logging.Logger]:
-        log = logging.getLogger(f"rig.sweep.{self.layout.folder.name}")
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        handler = logging.FileHandler(self.layout.log, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        try:
-            yield log
-        finally:
-            log.removeHandler(handler)
-            handler.close()

@@ -40,6 +40,27 @@ def tiny(channels: int = 4) -> nn.Module:
     return net
 
 
+class Flaky(TinyNet):
+    """A TinyNet whose first forward pass of more than 3 images (a recording batch, not the site probes)
+    fails, once per `marker` file: a transient fault."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        if x.shape[0] > 3 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("a transient fault (the first recording batch only)")
+        return super().forward(x)
+
+
+def flaky(marker: str) -> nn.Module:
+    return Flaky(marker)
+
+
 def build_unseeded() -> nn.Module:
     """A TinyNet drawn from the (rig-seeded) torch RNG."""
     return TinyNet()

@@ -288,6 +288,21 @@ points = [{ "stimuli.seed" = 1 }, { "stimuli.seed" = 2 }, { "subject.options" = 
     assert out.returncode == 1 and "failed (2/3 points completed)" in out.stdout
 
 
+def test_a_transient_failure_is_retried_and_resumes_the_same_session(tmp_path):
+    marker = tmp_path / "failed-once"
+    text = TINY + f"""
+[sweep]
+points = [{{ "stimuli.seed" = 1 }}, {{ "subject.factory" = "subject_factories:flaky", "subject.options" = {{ marker = "{marker}" }} }}]
+"""
+    done = rig.sweep(_write(tmp_path, text), archive=tmp_path / "archive", progress=False)
+    assert done.status == "completed" and marker.is_file()
+    assert [p["attempts"] for p in done.points] == [1, 2]
+    log = (done.path / "log.txt").read_text()
+    assert "point 1 (factory=subject_factories:flaky, marker=" in log and "RuntimeError: a transient fault" in log
+    assert len(list((tmp_path / "archive").glob("*/session.json"))) == 2  # the retry resumed the failed session
+    assert done.sessions[1].info["steps"]["record"]["status"] == "done"
+
+
 def test_compare_is_a_two_point_sweep_with_figures_side_by_side(tmp_path):
     text = TINY.replace('sites = ["conv", "head"]', 'sites = ["conv"]') + """
 [[analyse]]
@@ -434,3 +449,19 @@ def test_killing_a_worker_mid_sweep_loses_no_point(cluster, tmp_path):
     session_id, _pid = killed[0]
     resumed = rig.open_session(root / session_id)
     assert resumed.status == "completed" or session_id not in [s.id for s in done.sessions]
+
+
+@pytest.mark.slow
+def test_the_offline_sweep_protocol_runs(tmp_path, capsys):
+    """protocols/sweep-tiny.toml, smaller: 4 phantom sessions and their scores side by side."""
+    from rig.cli import main
+
+    args = ["sweep", str(ROOT / "protocols" / "sweep-tiny.toml"), "--archive", str(tmp_path), "--quiet",
+            "--set", "stimuli.n=150", "--set", "analyse.1.shuffles=0"]
+    assert main(args) == 0
+    assert "completed (4/4 points completed)" in capsys.readouterr().out
+    done = rig.open_sweep("latest", archive=tmp_path)
+    assert [s.protocol.subject.options["noise"] for s in done.sessions] == [0.05, 0.05, 1.0, 1.0]
+    assert (done.path / "figures" / "compare_spatial_scores.png").is_file()
+    grid = rig.open_sessions(done, "analyses/spatial_scores")["grid_score"].max("cell").compute()
+    assert grid.sizes == {"session": 4} and np.isfinite(grid).all()

@@ -120,8 +120,8 @@ class Step:
 
     def across_figure(self, results: "typing.Mapping[str, Any]") -> Any | None:
         """A figure of this step's results in several sessions (label -> result dataset, in the sweep's order)
-        side by side, drawn by the `compare` across step; None when the step has none. Default: two sessions
-        through `compare_figure`."""
+        side by side, drawn by the `compare` across step, or `(figure, caption)`; None when the step has none.
+        Default: two sessions through `compare_figure`."""
         if len(results) == 2:
             (la, a), (lb, b) = results.items()
             return self.compare_figure(a, b, (la, lb))

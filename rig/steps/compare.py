@@ -42,9 +42,13 @@ class Compare(Step):
             finally:
                 for ds in opened.values():
                     ds.close()
+            if isinstance(fig, tuple):  # (figure, caption)
+                fig, caption = fig
+            else:
+                caption = f"{planned.name} of every session of the sweep, side by side"
             if fig is not None:
-                ctx.write_figure(f"{spec.key}_{planned.name}", fig, caption=(
-                    f"{planned.name} of each session of the sweep ({'; '.join(paths)}), drawn side by side."))
+                ctx.write_figure(f"{spec.key}_{planned.name}", fig,
+                                 caption=f"{caption.rstrip('.')}. Sessions: {'; '.join(paths)}.")
         ctx.write_result(headline_table(ctx.sessions))
         ctx.headline["sessions"] = len(labels)
 

@@ -110,4 +110,6 @@ class SpatialScores(Step):
     def across_figure(self, results: Any) -> Any:
         import analyses
 
-        return analyses.preparations_figure(results)
+        return analyses.preparations_figure(results), ("For each score (spatial information, grid score, border "
+                                                       "score), its distribution over the units of every session, "
+                                                       "on shared bins (one colour per session)")
