@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of every point, e.g. --set stimuli.n=500 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list the points (validated) and stop")
+    p.add_argument("--new", action="store_true", help="start a new sweep of new sessions, even if this one ran")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_sweep)
 
@@ -143,7 +144,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         raise RigError("give --workers (a local cluster) or --scheduler (a running one), not both")
     result = sweep(args.protocol, archive=args.archive, overrides=args.overrides, workers=args.workers,
-                   scheduler=args.scheduler, retries=args.retries, progress=not args.quiet, dry_run=args.dry_run)
+                   scheduler=args.scheduler, retries=args.retries, progress=not args.quiet, dry_run=args.dry_run,
+                   new=args.new)
     if args.dry_run:
         print(f"sweep {result.name}: {len(result.points)} points (id ends -{result.key})\n{result.table()}")
         return 0

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from stimuli.registry import did_you_mean
 
@@ -196,6 +196,7 @@ class Protocol(Strict):
     sweep: SweepSpec | None = Field(None, description="run one session per point (`rig sweep`)")
     across: list[StepSettings] = Field(default_factory=list, description="steps run once every point of the "
                                        "sweep is done, over all its sessions")
+    _points: Any = PrivateAttr(None)  # a sweep's points (`rig.sweeps.Point`), expanded at validation
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> "Protocol":
@@ -350,10 +351,10 @@ def validate_protocol(data: dict[str, Any], source: str = "<protocol>", text: st
         except ProtocolError as e:
             first = re.sub(r"^ \[compare\]:[^:]*: ", "", str(e).splitlines()[0])
             raise ProtocolError(f"{where(('compare', 'overrides'))}: compare.overrides: {first}") from None
-    if protocol.sweep is not None:
+    if protocol.sweep is not None:  # every point, before anything runs (kept for `rig.sweeps.plan_sweep`)
         from .sweeps import expand
 
-        expand(data, source=source, text=text, overrides=overrides)  # every point, before anything runs
+        protocol._points = expand(data, source=source, text=text, overrides=overrides)
     return protocol
 
 

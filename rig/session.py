@@ -179,9 +179,10 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
         overrides: list[str] | None = None, progress: bool = True) -> Session:
     """Run a protocol (a file path, or a validated `Protocol`) as a new session in `archive`.
 
-    A protocol with `[compare]` runs as a two-point sweep (`rig.sweep`): the protocol as written, then the
+    A protocol with `[compare]` runs as a new two-point sweep (`rig.sweep`): the protocol as written, then the
     compared preparation, then their figures side by side in the sweep's folder; the session of the protocol
-    as written is returned (`.sweep` names the sweep). A protocol with `[sweep]` is run by `rig.sweep`."""
+    as written is returned (`.sweep` names the sweep; `rig sweep FILE` finishes it if it was interrupted). A
+    protocol with `[sweep]` is run by `rig.sweep`."""
     proto, text, source = _load(protocol, overrides)
     if proto.sweep is not None:
         raise RigError(f"{source} has a [sweep] table: run it with `rig sweep {source}` (or rig.sweep(...))")
@@ -192,7 +193,7 @@ def run(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | Non
         plan = plan_sweep(protocol, overrides)
         first = preflight(plan.points[0].protocol, source)  # a mistake stops here, before anything is written
         with Sequential(prepared={0: first}) as ex:
-            done = run_plan(plan, archive, ex, progress=progress, fail_fast=True)
+            done = run_plan(plan, archive, ex, progress=progress, fail_fast=True, new=True)
         failed = [p for p in done.points if p.get("status") != "completed"]
         if failed:
             raise RigError(f"sweep {done.id}: " + "; ".join(f"point {p['index']} ({p['label']}) {p.get('status')}: "

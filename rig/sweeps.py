@@ -317,7 +317,8 @@ def plan_sweep(protocol: str | os.PathLike | Protocol, overrides: list[str] | No
     if proto.sweep is None and proto.compare is None:
         raise RigError(f"{source} has no [sweep] table (and no [compare]): add one, e.g. [sweep] grid = "
                        "{\"stimuli.seed\" = [0, 1]}, or run it as one session with `rig run`")
-    points = expand(data, source=source, text=text or "", overrides=overrides)
+    points = proto._points if text is not None and proto._points is not None else \
+        expand(data, source=source, text=text or "", overrides=overrides)
     return SweepPlan(proto, points, text, source, list(overrides or []))
 
 
@@ -433,7 +434,7 @@ HEARTBEAT_S = 5.0
 
 def sweep(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | None = None,
           overrides: list[str] | None = None, workers: int | None = None, scheduler: str | None = None,
-          retries: int = 1, progress: bool = True, dry_run: bool = False) -> Sweep | SweepPlan:
+          retries: int = 1, progress: bool = True, dry_run: bool = False, new: bool = False) -> Sweep | SweepPlan:
     """Run a sweep protocol: one session per point in `archive`, then its `[[across]]` steps.
 
     Executor: in-process, one point after another (default); a local Dask cluster of `workers` processes (one
@@ -442,8 +443,9 @@ def sweep(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | N
     on CUDA go only to workers that declare a GPU resource (`dask worker ADDRESS --resources GPU=1`).
     A point that fails for a reason other than a mistake the user must fix (e.g. its worker died) is tried
     again up to `retries` times; every point ends completed or reported failed in sweep.json. Running the same
-    protocol again resumes the sweep: completed points are skipped, the others resumed. `dry_run`: return the
-    `SweepPlan` (points and labels) without running anything. Returns the `Sweep`.
+    protocol again resumes the sweep: completed points are skipped, the others resumed (`new`: start a new
+    sweep of new sessions instead). `dry_run`: return the `SweepPlan` (points and labels) without running
+    anything. Returns the `Sweep`.
     """
     plan = plan_sweep(protocol, overrides)
     if dry_run:
@@ -451,29 +453,35 @@ def sweep(protocol: str | os.PathLike | Protocol, archive: str | os.PathLike | N
     from .sweep_exec import executor
 
     with executor(workers, scheduler, plan.points) as ex:
-        return run_plan(plan, archive, ex, retries=retries, progress=progress)
+        return run_plan(plan, archive, ex, retries=retries, progress=progress, new=new)
 
 
 def run_plan(plan: SweepPlan, archive: str | os.PathLike | None, executor: Any, retries: int = 1,
-             progress: bool = True, fail_fast: bool = False) -> Sweep:
+             progress: bool = True, fail_fast: bool = False, new: bool = False) -> Sweep:
     """Run a planned sweep in `archive` with an entered executor (see `sweep`); `fail_fast`: stop at the first
     point that fails (the others stay pending)."""
     from .archive import default_archive
 
     root = (Path(archive) if archive is not None else default_archive()).absolute()
-    return SweepRunner(find_or_create(plan, root), plan, executor, retries=retries, progress=progress,
+    return SweepRunner(find_or_create(plan, root, new), plan, executor, retries=retries, progress=progress,
                        fail_fast=fail_fast).run()
 
 
-def find_or_create(plan: SweepPlan, archive: Path) -> Path:
-    """The folder of the sweep of `plan` in `archive`: the existing one with the same points, or a new one."""
+def find_or_create(plan: SweepPlan, archive: Path, new: bool = False) -> Path:
+    """The folder of the sweep of `plan` in `archive`: the newest one with the same points, or (none, or `new`)
+    a new one."""
     root = archive / SWEEPS_DIR
     same = sorted(root.glob(f"*-{plan.name}-{plan.key}/sweep.json")) if root.is_dir() else []
-    if same:
+    if same and not new:
         return same[-1].parent
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    layout = SweepLayout(root / f"{stamp}-{plan.name}-{plan.key}")
-    layout.folder.mkdir(parents=True)
+    while True:  # ids sort by creation time: a second sweep of the same points in the same second waits
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        layout = SweepLayout(root / f"{stamp}-{plan.name}-{plan.key}")
+        try:
+            layout.folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            time.sleep(0.5)
     if plan.text is not None:
         write_text(layout.protocol_toml, plan.text)
     write_json(layout.resolved, plan.protocol.resolved())

@@ -339,6 +339,8 @@ type = "best_grid"
                                                                                                 "another init"]
     np.testing.assert_array_equal(scores["grid_score"][1].values, other.results["analyses/spatial_scores"]["grid_score"])
     assert len(rig.Archive(root).records()) == 2
+    again = rig.run(done.path / "protocol.toml", archive=root, progress=False)  # `rig run`: always new sessions
+    assert again.id != s.id and again.sweep != done.id and len(rig.Archive(root).records()) == 4
 
 
 def test_sessions_made_with_a_nested_compare_folder_still_open_list_and_report(tmp_path):
