@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         from .session import SessionInterrupted
 
-        if isinstance(e, SessionInterrupted):
+        if isinstance(e, SessionInterrupted) and Path(str(e)).parent.name == "sweeps":  # a sweep's folder
+            print(f"interrupted: sweep {Path(str(e)).name} is marked interrupted; finish it with `rig sweep "
+                  f"{args.protocol}`", file=sys.stderr)
+        elif isinstance(e, SessionInterrupted):
             print(f"interrupted: {e} is marked interrupted; finish it with `rig resume {Path(str(e)).name}`",
                   file=sys.stderr)
         else:

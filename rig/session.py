@@ -221,13 +221,15 @@ def start(proto: Protocol, text: str | None, source: str, archive: str | os.Path
           on_created: Any = None, shared: Any = None) -> Session:
     """Preflight `proto` (unless `shared` is its preflight already), make its session folder in `archive` and
     run it. `text`: the protocol file saved as protocol.toml (None: none); `sweep`: `{"sweep": id, "point":
-    {...}}` for a sweep's point session, stored in session.json; `on_created(folder)` is called once the folder
-    exists, before the first step."""
+    {...}}` for a sweep's point session, stored in session.json; `on_created(folder)` is called as soon as the
+    folder exists."""
     shared = shared if shared is not None else preflight(proto, source=source)
     archive = Path(archive) if archive is not None else default_archive()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = SessionLayout(archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}")
     layout.folder.mkdir(parents=True)
+    if on_created is not None:
+        on_created(layout.folder)
     if text is not None:
         write_text(layout.protocol_toml, text)
     write_json(layout.resolved, proto.resolved())
@@ -240,8 +242,6 @@ def start(proto: Protocol, text: str | None, source: str, archive: str | os.Path
             **(sweep or {})}
     write_json(layout.session_json, info)
     write_json(layout.provenance, provenance.collect(proto))
-    if on_created is not None:
-        on_created(layout.folder)
     return Runner(layout.folder, proto, progress=progress, shared=shared).run()
 
 
@@ -374,14 +374,14 @@ class Runner:
                 self._report(log)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as SessionInterrupted
                 log.warning("session interrupted during %s", current)
-                if current:
+                if current and self.info["steps"][current].get("status") != "done":  # not just after it
                     self._step(current, status="interrupted")
                 self._update(status="interrupted")
                 self._report(log)
                 raise SessionInterrupted(str(self.folder)) from None
             except BaseException as e:
                 log.error("step %s failed: %s", current, e)
-                if current:
+                if current and self.info["steps"][current].get("status") != "done":
                     self._step(current, status="failed")
                 self._update(status="failed", error={"type": type(e).__name__, "message": str(e),
                                                      "step": current, "traceback": traceback.format_exc()})

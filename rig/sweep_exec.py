@@ -7,7 +7,8 @@ it when interrupted, failed or left running by a dead process, or starts a new o
 (status, session id, error, seconds, worker) and never raises for a failed session, so Dask retries only what
 is worth retrying: the driver (`rig.sweeps.SweepRunner`) resubmits a point whose failure was not a mistake the
 user must fix (`retryable`), and Dask itself reschedules a task whose worker died (up to
-`distributed.scheduler.allowed-failures` times, then the point is reported failed with `KilledWorker`).
+`distributed.scheduler.allowed-failures` times, then the point is reported failed with `KilledWorker`). A
+session stopped before its first step was done (perhaps half made) is replaced by a new one.
 
 Executors: `Sequential` (in-process, one point after another) and `DaskExecutor` (a `LocalCluster` of
 `workers` processes with one thread each, or a running scheduler). Both take tasks with `submit` and give
@@ -19,6 +20,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -47,9 +49,10 @@ class PointTask:
     overrides: list[str] = field(default_factory=list)
     gpu: bool = False
     attempt: int = 1
+    retries: int = 0  # tries left after this one, for failures that are not the user's to fix
 
-    def retry(self, attempt: int) -> "PointTask":
-        return dataclasses.replace(self, attempt=attempt)
+    def retry(self) -> "PointTask":
+        return dataclasses.replace(self, attempt=self.attempt + 1, retries=self.retries - 1)
 
 
 def run_point(task: PointTask, shared: Any = None) -> dict[str, Any]:
@@ -92,12 +95,15 @@ def _run(task: PointTask, layout: Any, shared: Any = None) -> Any:
         if status == "running":
             raise RigError(f"point {task.index}: its session {session.id} is being run by pid "
                            f"{session.info.get('pid')} on {session.info.get('host')}")
-        try:
-            return resume(folder, progress=False)
-        except RigError as e:
-            if getattr(e, "session_path", None) is not None:  # a step of the resumed session failed
-                raise
-            # refused (the code or the file changed since): the point gets a new session below
+        if not any(s.get("status") == "done" for s in session.info.get("steps", {}).values()):
+            shutil.rmtree(folder)  # stopped before its first step (maybe half made): nothing to keep
+        else:
+            try:
+                return resume(folder, progress=False)
+            except RigError as e:
+                if getattr(e, "session_path", None) is not None:  # a step of the resumed session failed
+                    raise
+                # refused (the code or the file changed since): the point gets a new session below
     proto = validate_protocol(task.resolved, source=f"{task.source} (point {task.index})")
     meta = {"sweep": task.sweep_id, "point": {"index": task.index, "label": task.label, "settings": task.settings}}
 

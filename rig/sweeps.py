@@ -508,12 +508,12 @@ class SweepRunner:
     def run(self) -> Sweep:
         from .session import SessionInterrupted
 
-        from .session import exclusive, file_log, heartbeat
+        from .session import _sigterm_raises, exclusive, file_log, heartbeat
 
         busy = (f"sweep {self.layout.folder.name} is being run by another process (pid {self.info.get('pid')} on "
                 f"{self.info.get('host')}); wait for it or stop it")
         with exclusive(self.layout.lock, busy), file_log(f"rig.sweep.{self.layout.folder.name}", self.layout.log) \
-                as log, heartbeat(self._update, HEARTBEAT_S):
+                as log, heartbeat(self._update, HEARTBEAT_S), _sigterm_raises():
             self._points_from_archive()
             self._update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                          heartbeat_interval_s=HEARTBEAT_S, executor=self.executor.describe())
@@ -569,25 +569,23 @@ class SweepRunner:
         sweep_meta = {"sweep_id": self.layout.folder.name, "sweep_dir": str(self.layout.folder),
                       "text": self.plan.text, "source": self.plan.source, "overrides": self.plan.overrides}
         for p in todo:
-            entry = self.info["points"][p.index]
-            entry["attempts"] += 1
             self.executor.submit(PointTask(index=p.index, label=p.label, settings=p.settings,
                                            resolved=p.protocol.resolved(), gpu=p.needs_gpu,
-                                           attempt=entry["attempts"], **sweep_meta))
+                                           attempt=self.info["points"][p.index]["attempts"] + 1,
+                                           retries=self.retries, **sweep_meta))
         self._update()
         done = n - len(todo)
         for task, outcome in self.executor.results():
             entry = self.info["points"][task.index]
             entry.update(status=outcome.get("status", "failed"), error=outcome.get("error"),
-                         seconds=outcome.get("seconds"), worker=outcome.get("worker"))
+                         seconds=outcome.get("seconds"), worker=outcome.get("worker"), attempts=task.attempt)
             if outcome.get("session"):
                 entry["session"] = outcome["session"]
-            again = entry["status"] != "completed" and outcome.get("retryable") and entry["attempts"] <= self.retries
+            again = entry["status"] != "completed" and outcome.get("retryable") and task.retries > 0
             log.info("point %d (%s): %s%s", task.index, task.label, entry["status"],
                      f" ({entry['error']})" if entry["error"] else "")
             if again:
-                entry["attempts"] += 1
-                self.executor.submit(task.retry(entry["attempts"]))
+                self.executor.submit(task.retry())
                 self._say(f"point {task.index} ({task.label}) {entry['status']}: {entry['error']}; trying again")
             else:
                 done += 1

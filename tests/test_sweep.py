@@ -288,6 +288,34 @@ points = [{ "stimuli.seed" = 1 }, { "stimuli.seed" = 2 }, { "subject.options" = 
     assert out.returncode == 1 and "failed (2/3 points completed)" in out.stdout
 
 
+def test_a_sweep_stopped_by_sigterm_is_marked_interrupted_and_finished_by_running_it_again(tmp_path):
+    import signal
+    import time
+
+    f = _write(tmp_path, TINY + '\n[sweep]\ngrid = { "stimuli.seed" = [1, 2] }\n')
+    root = tmp_path / "archive"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sweep", str(f), "--archive", str(root), "--quiet"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def design_done() -> bool:  # the first session has done a step: stopping it now leaves something to resume
+        for f in root.glob("*/session.json"):
+            with contextlib.suppress(ValueError, OSError):
+                return json.loads(f.read_text())["steps"]["design"]["status"] == "done"
+        return False
+
+    deadline = time.monotonic() + 120
+    while not design_done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "is marked interrupted; finish it with `rig sweep" in err, err
+    stopped = rig.open_sweep("latest", archive=root)
+    assert stopped.status == "interrupted"
+    first = next(root.glob("*/session.json")).parent.name
+    done = rig.sweep(f, archive=root, progress=False)
+    assert done.id == stopped.id and done.status == "completed" and done.sessions[0].id == first
+
+
 def test_a_transient_failure_is_retried_and_resumes_the_same_session(tmp_path):
     marker = tmp_path / "failed-once"
     text = TINY + f"""
