@@ -132,11 +132,13 @@ def test_range_is_inclusive():
 
 
 def test_shipped_protocols_validate(tmp_path):
+    folder = captions = None
     for f in sorted((ROOT / "protocols").glob("*.toml")):
         if 'source = "folder"' in f.read_text():  # the user's captioned images: a small stand-in folder
             from test_scenes import write_folder
 
-            folder, captions = write_folder(tmp_path, n=14)
+            if folder is None:
+                folder, captions = write_folder(tmp_path, n=14)
             load_protocol(f, overrides=[f"stimuli.images={folder}", f"stimuli.captions={captions}", "stimuli.n=1",
                                         "stimuli.semantics=concepts", "stimuli.canvas=48",
                                         "stimuli.saliency=spectral_residual", "stimuli.tries=24"])

@@ -495,3 +495,4 @@ def test_the_offline_sweep_protocol_runs(tmp_path, capsys):
     assert (done.path / "figures" / "compare_spatial_scores.png").is_file()
     grid = rig.open_sessions(done, "analyses/spatial_scores")["grid_score"].max("cell").compute()
     assert grid.sizes == {"session": 4} and np.isfinite(grid).all()
+

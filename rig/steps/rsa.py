@@ -207,6 +207,15 @@ class RSA(Step):
 
         return rsa_curves({labels[0]: a.load(), labels[1]: b.load()})
 
+    def across_figure(self, results: Any) -> Any:
+        """Every session's RSA curves (e.g. the subjects of a sweep) in one figure per reference."""
+        from analyses.rsa_figures import rsa_curves
+
+        return rsa_curves({k: v.load() for k, v in results.items()}), (
+            "Spearman RSA of every site with the saliency RDM and the semantic RDM, on the baseline images, one "
+            "line per session, sites at their relative depth (0 = first recorded site, 1 = last); bands: 95% "
+            "bootstrap intervals over stimuli")
+
 
 class BrainRSASettings(StepSettings):
     type: Literal["brain_rsa"]
