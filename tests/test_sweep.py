@@ -496,3 +496,21 @@ def test_the_offline_sweep_protocol_runs(tmp_path, capsys):
     grid = rig.open_sessions(done, "analyses/spatial_scores")["grid_score"].max("cell").compute()
     assert grid.sizes == {"session": 4} and np.isfinite(grid).all()
 
+
+
+@pytest.mark.slow
+def test_the_study_000_model_sweep_finds_its_planted_subjects(tmp_path):
+    """protocols/saliency-semantics-models-offline.toml, smaller and without its CLIP point (the slow one): the
+    planted subjects come out as planted, and their RSA curves are drawn in one figure."""
+    text = (ROOT / "protocols" / "saliency-semantics-models-offline.toml").read_text()
+    text = text[:text.rindex("[[sweep.points]]")] + text[text.index("[[across]]"):]  # the two planted points
+    small = ["stimuli.n=10", "stimuli.canvas=64", "stimuli.saliency=spectral_residual",
+             "analyse.0.model=spectral_residual", "analyse.1.bootstrap=50"]
+    done = rig.sweep(_write(tmp_path, text), archive=tmp_path / "archive", overrides=small, progress=False)
+    assert done.status == "completed", done.info["error"]
+    rsa = rig.open_sessions(done, "analyses/rsa")["rsa"].sel(site="units", condition="Baseline")
+    assert list(rsa["label"].values) == ["planted: saliency only", "planted: semantics only"]
+    assert float(rsa.sel(reference="saliency")[0]) > 0.9 and abs(float(rsa.sel(reference="semantic")[0])) < 0.25
+    assert float(rsa.sel(reference="semantic")[1]) > 0.9 and abs(float(rsa.sel(reference="saliency")[1])) < 0.25
+    caption = done.info["across"]["across/compare"]["figures"]["figures/compare_rsa.png"]
+    assert "Spearman RSA of every site" in caption and "planted: semantics only" in caption
