@@ -85,6 +85,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rig-bench-sweep-"))
     protocol = tmp / "sweep.toml"
     protocol.write_text(PROTOCOL.format(n=a.n, shuffles=a.shuffles, seeds=list(range(a.sessions // 2))))
+    import rig.session  # noqa: F401  (the driver's imports, once, before any clock starts)
+    from rig.sweeps import plan_sweep
+
+    plan_sweep(protocol)
     print(f"{a.sessions} sessions (phantom, {a.n} stimuli, ratemaps, spatial scores with {a.shuffles} shuffles); "
           f"{os.cpu_count()} CPUs; load average (1/5/15 min) at start {load()}")
     rows = {}
