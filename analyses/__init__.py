@@ -5,10 +5,15 @@ border score), per-unit shuffle nulls with FDR control, and their figures; offli
 RSA; normalized cuts of token features at scale, channel alignment, AlignedCut colours and oracle segmentation
 scores (the spectral study). The spatial analyses run on numpy or torch arrays (CPU or CUDA) through the array
 API (`analyses.backend`); torch is never imported here.
+Receptive fields: gradient RFs and their structure, reverse correlation, preferred stimuli; saliency as
+input channels.
 """
 from .alignment import ChannelAlignment, brain_alignment, cca_alignment, procrustes_alignment
 from .nulls import classify, fdr_adjust, shuffles_for_fdr, spatial_nulls
 from .ratemaps import AnalysisInputError, rate_transform, ratemaps, smooth_maps
+from .receptive_fields import (gradient_rfs, preferred_stimuli, reverse_correlation, rf_geometry, rf_pca,
+                               rf_projection, saliency_peaks, saliency_shift)
+from .saliency_channels import saliency_channels, with_saliency_channels
 from .spatial import (autocorrelogram, border_fields, border_score, grid_score, selectivity, sparsity,
                       spatial_information, spatial_stats)
 from .brain import load_brain, model_brain_rsa, noise_ceiling
@@ -31,3 +36,5 @@ __all__ = ["AnalysisInputError", "ChannelAlignment", "DeepGazeIIE", "bootstrap_c
            "score_distributions", "selectivity", "shuffles_for_fdr", "smooth_maps", "sparsity", "spatial_information",
            "spatial_nulls", "spatial_stats",
            "top_units_figure"]
+__all__ += ["gradient_rfs", "preferred_stimuli", "reverse_correlation", "rf_geometry", "rf_pca", "rf_projection",
+            "saliency_channels", "saliency_peaks", "saliency_shift", "with_saliency_channels"]

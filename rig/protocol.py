@@ -28,6 +28,17 @@ else:  # pragma: no cover
 SCHEMA_VERSION = 1
 
 
+class SaliencyChannelsSpec(Strict):
+    """Saliency as extra input channels (`rig.saliency_input`): the subject's preprocess appends a saliency map and
+    its smoothed Sobel gradients, for networks that take 3 + len(channels) input channels."""
+
+    model: str = Field("spectral_residual", description="a saliency model of analyses (spectral_residual, "
+                       "itti_koch) or 'module:function' mapping (B, 3, H, W) images to (B, H, W) maps")
+    sigma: float = Field(5.0, ge=0, description="s.d. (px) of the Gaussian smoothing before the Sobel gradients")
+    channels: list[Literal["saliency", "dx", "dy"]] = Field(["saliency", "dx", "dy"], min_length=1,
+                                                            description="the extra channels, in order")
+
+
 class SubjectSpec(Strict):
     """The network under study and its preparation."""
 
@@ -41,6 +52,8 @@ class SubjectSpec(Strict):
     factory: str | None = Field(None, description="'package.module:callable' returning a torch module, or "
                                 "(module, transform); imported and called (source = 'factory' only)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    saliency_channels: SaliencyChannelsSpec | None = Field(None, description="append saliency channels to the "
+                                                           "subject's input (for networks that take them)")
 
     @model_validator(mode="after")
     def _source_needs(self) -> "SubjectSpec":
@@ -60,9 +73,11 @@ class SubjectSpec(Strict):
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `rig.subjects.load_subject`."""
-        out = self.model_dump(exclude={"options"})
+        out = self.model_dump(exclude={"options", "saliency_channels"})
         if self.options:
             out["options"] = dict(self.options)
+        if self.saliency_channels is not None:
+            out["saliency_channels"] = self.saliency_channels.model_dump()
         return out
 
 

@@ -70,3 +70,6 @@ register_source("planted_rsa", "rig.planted_rsa:build",
                 description="planted-truth subjects of the scenes study: encode only saliency, only semantics, or both")
 register_source("segmentation_phantom", "rig.segmentation_phantom:build_subject",
                 description="planted figure-ground and shape-category token sites (the spectral study's phantom)")
+register_source("rf_phantom", "rig.rf_phantom:build_subject",
+                description="planted receptive fields: Gaussian ON/OFF units of known centre and size, some shifting "
+                            "towards the salient object")

@@ -160,14 +160,16 @@ Builder = Callable[[SubjectRequest], Subject]
 
 def load_subject(source: str, arch: str | None = None, weights: str = "random", seed: int = 0,
                  device: str | torch.device = "auto", factory: str | None = None,
-                 options: Mapping[str, Any] | None = None) -> Subject:
+                 options: Mapping[str, Any] | None = None,
+                 saliency_channels: Mapping[str, Any] | None = None) -> Subject:
     """Build a subject. `source`: `open_clip | timm | torchvision | factory | phantom` (or registered).
 
     `arch`: the library's model name (`ViT-B-32`, `RN50`, `resnet18`, ...); `weights`: `"random"`, a library
     tag (`"openai"`, `"pretrained"`, `"IMAGENET1K_V1"`, ...) or a local checkpoint path; `factory`:
     `"package.module:callable"` for `source="factory"`; `options`: keyword arguments passed on to the builder
     (`timm.create_model`, `torchvision.models.get_model`, `open_clip.create_model_and_transforms`, or the
-    factory), e.g. `{"num_classes": 10}` or `{"force_quick_gelu": True}`. Raises `SubjectError` with what to do.
+    factory), e.g. `{"num_classes": 10}` or `{"force_quick_gelu": True}`; `saliency_channels`: `{model, sigma,
+    channels}` appends saliency channels to the input (`rig.saliency_input`). Raises `SubjectError` with what to do.
     """
     if source not in sources:
         raise SubjectError(f"unknown subject source {source!r}{did_you_mean(str(source), list(sources))}; use one "
@@ -178,7 +180,12 @@ def load_subject(source: str, arch: str | None = None, weights: str = "random", 
     if source == "factory" and not factory:
         raise SubjectError("source = \"factory\" needs factory = \"package.module:callable\"", key="factory")
     request = SubjectRequest(source, arch, str(weights), int(seed), resolve_device(device), factory, dict(options or {}))
-    return entry.builder()(request)
+    subject = entry.builder()(request)
+    if saliency_channels is not None:
+        from .saliency_input import add_saliency_channels
+
+        subject = add_saliency_channels(subject, **saliency_channels)
+    return subject
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "StimulusSet": "base", "StimulusError": "base", "renderers": "base", "RENDERERS": "base",
     "register_renderer": "base", "file_sha256": "base",
     "circles": "geometry", "shapes": "geometry", "scenes": "scenes", "folder": "folder",
+    "sparse_noise": "noise", "white_noise": "noise",
     "StimulusFigure": "figures", "contact_sheet": "figures", "overview": "figures", "figure_types": "figures",
     "figures_for": "figures", "list_figures": "figures", "register_figure": "figures",
     "generators": "catalog", "GENERATORS": "catalog", "register_generator": "catalog", "list_generators": "catalog",

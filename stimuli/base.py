@@ -25,7 +25,7 @@ Renderer = Callable[[xr.Dataset], "np.ndarray | Mapping[str, np.ndarray]"]
 #: renderer name (a set's `params.attrs["renderer"]`) -> render function; plugins: entry point group
 #: `rig.renderers` (or register the renderer in the module that registers the generator)
 renderers: Registry[Renderer] = Registry("stimulus renderer", "rig.renderers", builtin=("stimuli.geometry", "stimuli.scenes",
-                                                                                       "stimuli.folder"))
+                                                                                       "stimuli.folder", "stimuli.noise"))
 RENDERERS = renderers  # the name of earlier versions
 
 

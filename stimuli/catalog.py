@@ -8,7 +8,7 @@ from .registry import Registry, UnknownNameError
 
 #: generator name (as written in protocol files) -> function(**params) -> StimulusSet
 generators: Registry[Callable[..., Any]] = Registry("stimulus generator", "rig.generators", builtin=("stimuli.geometry", "stimuli.scenes",
-                                                                                                     "stimuli.folder"))
+                                                                                                     "stimuli.folder", "stimuli.noise"))
 GENERATORS = generators  # the name of earlier versions
 
 
