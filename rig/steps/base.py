@@ -147,7 +147,9 @@ def _adopt(name: str, obj: Any) -> None:
 steps: Registry[Step] = Registry("step type", "rig.steps", adopt=_adopt, builtin=(
     "rig.steps.design", "rig.steps.record", "rig.steps.ratemaps", "rig.steps.spatial_scores",
     "rig.steps.weight_lesions", "rig.steps.unit_lesions", "rig.steps.compare", "rig.steps.rsa", "rig.steps.ncut",
-    "rig.steps.alignedcut", "rig.steps.segmentation"))
+    "rig.steps.alignedcut", "rig.steps.segmentation",
+    "rig.steps.gradient_rfs", "rig.steps.rf_structure", "rig.steps.reverse_correlation", "rig.steps.preferred_stimuli",
+    "rig.steps.saliency_channels"))
 
 
 def register_step(step: type[Step] | Step) -> Any:
