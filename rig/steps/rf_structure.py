@@ -150,7 +150,7 @@ class RFStructure(Step):
                                  "by its first principal components (one line per cell, one colour per site; dashed: "
                                  f"{spec.variance:.0%}). Few components: the cell's gRF hardly changes with the image.")
         shown = np.arange(min(spec.n_show, out.sizes[CELL]))
-        labels = [f"{short_site(str(out['site'].values[i]))} {unit_label(out, int(i))}" for i in shown]
+        labels = [f"{short_site(str(out['site'].values[i]))}\n{unit_label(out, int(i))}" for i in shown]
         comps = out["components"].values[shown].sum(axis=2)
         ev = out["explained_variance_ratio"].values
         ctx.write_figure(f"{spec.key}_components", rf_images_figure(
