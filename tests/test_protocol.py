@@ -95,7 +95,8 @@ def test_cli_validate_prints_one_line_without_traceback(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"error: {f}:7: subject.wieghts: unknown key; did you mean 'weights'? "
-                                               "(valid keys: source, arch, weights, seed, device, factory, options)"]
+                                               "(valid keys: source, arch, weights, seed, device, factory, options, "
+                                               "saliency_channels)"]
 
 
 def test_overrides_change_values_and_report_bad_paths():
