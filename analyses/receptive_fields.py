@@ -546,7 +546,7 @@ def reverse_correlation(responses: Any, images: Any, pool: int = 1, normalize: b
     for idx, batch in _image_batches(images, n):
         if len(idx) and int(np.max(idx)) >= n:
             raise AnalysisInputError(f"images give more stimuli than the {n} of the responses")
-        x = _pool(np.asarray(batch), int(pool)).astype(np.float64)
+        x = pool_images(np.asarray(batch), int(pool)).astype(np.float64)
         shape = x.shape[1:]
         x = x.reshape(len(x), -1)
         if sum_ri is None:
@@ -590,7 +590,7 @@ def _image_batches(images: Any, n: int) -> Iterable[tuple[np.ndarray, np.ndarray
         yield np.asarray(item[0]), item[1]
 
 
-def _pool(x: np.ndarray, pool: int) -> np.ndarray:
+def pool_images(x: np.ndarray, pool: int) -> np.ndarray:
     """Mean over `pool` x `pool` blocks of `(B, C, H, W)` (H and W must be multiples of `pool`)."""
     if pool == 1:
         return x

@@ -86,3 +86,5 @@ def test_compare_figures(session):
     st = session.results["analyses/rf_structure"]
     fig = get_step("rf_structure").compare_figure(st, st, ("a", "b"))
     assert "saliency" in fig.axes[0].get_ylabel()
+    fig, caption = get_step("reverse_correlation").across_figure({"x": rc, "y": rc, "z": rc})  # a sweep's sessions
+    assert len(fig.axes[0].get_legend().get_texts()) == 3 and "per site" in caption

@@ -42,7 +42,7 @@ class GradientRFsSettings(StepSettings):
     pool: int = Field(1, ge=1, description="store the gRFs summed over pool x pool pixel blocks")
     channels: Literal["rgb", "sum"] = Field("rgb", description="store per RGB channel, or summed (luminance)")
     batch_size: int = Field(8, gt=0, description="images per forward pass")
-    unit_chunk: int = Field(16, gt=0, description="units per batched vector-Jacobian product")
+    unit_chunk: int = Field(16, gt=0, description="units whose input gradients are held at once (memory)")
 
 
 def channel_indices(units: int | list[int], n_units: int) -> np.ndarray:
@@ -72,10 +72,13 @@ def step_sites(subject: Any, spec: Any, recorded: list[str]) -> list[str]:
 
 def responses_for(subject: Any, site: str, spec: Any, canvas: int) -> Any:
     """The site's chosen cells as a differentiable function of the pixels (`rig.responses.SiteResponse`)."""
+    from ..errors import SiteError
     from ..responses import SiteResponse
     from ..sites import catalogue
 
-    info = next(i for i in catalogue(subject, (canvas, canvas)) if i.name == site)
+    info = {i.name: i for i in catalogue(subject, (canvas, canvas))}.get(site)
+    if info is None:
+        raise SiteError(f"{site!r} is not a site of {subject.name} for {canvas} px images (list them with `rig sites`)")
     positions = spec.positions if isinstance(spec.positions, str) else [list(p) for p in spec.positions]
     return SiteResponse(subject, site, channel_indices(spec.units, info.n_units), spec.tokens, positions,
                         image_size=(canvas, canvas))

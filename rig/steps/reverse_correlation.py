@@ -149,6 +149,12 @@ class ReverseCorrelation(Step):
         ctx.headline["mapped cells"] = int(out.sizes[CELL])
 
     def compare_figure(self, a: Any, b: Any, labels: tuple[str, str]) -> Any:
+        return self.across_figure(dict(zip(labels, (a, b))))[0]
+
+    def across_figure(self, results: Any) -> Any:
+        """RF sizes per site of several sessions (a [compare] pair, or the subjects of a sweep)."""
         from analyses.rf_figures import compare_rf_figure
 
-        return compare_rf_figure(dict(zip(labels, (a, b))), title="RF size by reverse correlation, per site")
+        return compare_rf_figure(dict(results), title="RF size by reverse correlation, per site"), (
+            "RF size (s.d. of the |map|, px) by reverse correlation per site, one colour per session: median over "
+            "the site's cells (dot) and inter-quartile range (bar)")

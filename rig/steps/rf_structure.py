@@ -40,12 +40,9 @@ class RFStructureSettings(StepSettings):
 
 def pooled_images(images: np.ndarray, pool: int, channels: str) -> np.ndarray:
     """Images at the resolution of stored gRFs: means over `pool` blocks, and over RGB for `channels="sum"`."""
-    if channels == "sum":
-        images = images.mean(axis=1, keepdims=True)
-    if pool > 1:
-        b, c, h, w = images.shape
-        images = images.reshape(b, c, h // pool, pool, w // pool, pool).mean(axis=(3, 5))
-    return images
+    from analyses.receptive_fields import pool_images
+
+    return pool_images(images.mean(axis=1, keepdims=True) if channels == "sum" else images, pool)
 
 
 def salient_maps(images_set: Any, images: np.ndarray, saliency: str) -> np.ndarray:
@@ -187,13 +184,21 @@ class RFStructure(Step):
             if "p_value" in out:
                 towards = (out["p_value"].values < spec.alpha) & (out["saliency_shift"].values > 0)
                 ctx.headline["cells shifting towards saliency"] = int(towards.sum())
-        ctx.headline["median PCs for 99%"] = float(np.nanmedian(
-            (np.nancumsum(ev, axis=1) < 0.99).sum(axis=1) + 1))
+        ctx.headline[f"median PCs for {spec.variance:.0%}"] = float(np.nanmedian(out["n_components"].values))
 
     def compare_figure(self, a: Any, b: Any, labels: tuple[str, str]) -> Any:
+        return self.across_figure(dict(zip(labels, (a, b))))[0]
+
+    def across_figure(self, results: Any) -> Any:
+        """Each cell's RF shift towards saliency (or, without saliency, its gRF size) per site, of several sessions."""
         from analyses.rf_figures import compare_rf_figure
 
-        if "saliency_shift" in a and "saliency_shift" in b:
-            return compare_rf_figure(dict(zip(labels, (a, b))), "saliency_shift", "RF shift towards saliency (px)",
-                                     title="gradient-RF shift towards the saliency peak, per site")
-        return compare_rf_figure(dict(zip(labels, (a, b))), title="gradient-RF size, per site")
+        results = dict(results)
+        if all("saliency_shift" in r for r in results.values()):
+            return compare_rf_figure(results, "saliency_shift", "RF shift towards saliency (px)",
+                                     title="gradient-RF shift towards the saliency peak, per site"), (
+                "How far each cell's gradient RF moves towards each image's saliency peak (px, mean over images) "
+                "per site, one colour per session: median over cells (dot) and inter-quartile range (bar)")
+        return compare_rf_figure(results, title="gradient-RF size, per site"), (
+            "Gradient-RF size (s.d. of the |gRF|, px, mean over images) per site, one colour per session: median "
+            "over cells (dot) and inter-quartile range (bar)")
