@@ -42,7 +42,8 @@ class GradientRFsSettings(StepSettings):
     pool: int = Field(1, ge=1, description="store the gRFs summed over pool x pool pixel blocks")
     channels: Literal["rgb", "sum"] = Field("rgb", description="store per RGB channel, or summed (luminance)")
     batch_size: int = Field(8, gt=0, description="images per forward pass")
-    unit_chunk: int = Field(16, gt=0, description="units whose input gradients are held at once (memory)")
+    unit_chunk: int = Field(16, gt=0, description="units whose input gradients are computed in one batched "
+                            "backward pass (memory grows with unit_chunk x batch_size)")
 
 
 def channel_indices(units: int | list[int], n_units: int) -> np.ndarray:
