@@ -67,7 +67,8 @@ def test_rf_steps_checks_fail_before_any_session(tmp_path):
     cases = [(["analyse.0.sites=['nope*']"], "analyse.0.sites"),
              (["analyse.2.pool=5"], "analyse.2.pool"),
              (["analyse.2.stimuli.generator='nope'"], "analyse.2.stimuli"),
-             (["analyse.3.saliency='masks'"], "analyse.3.saliency"),
+             (["analyse.2.stimuli={generator='sparse_noise', n=12}", "analyse.3.saliency='masks'"],
+              "analyse.3.saliency"),  # noise has no object masks
              (["analyse.3.saliency='no_such_model'"], "analyse.3.saliency")]
     for overrides, key in cases:
         with pytest.raises(ProtocolError, match=key.replace(".", r"\.")):
@@ -88,3 +89,13 @@ def test_compare_figures(session):
     assert "saliency" in fig.axes[0].get_ylabel()
     fig, caption = get_step("reverse_correlation").across_figure({"x": rc, "y": rc, "z": rc})  # a sweep's sessions
     assert len(fig.axes[0].get_legend().get_texts()) == 3 and "per site" in caption
+
+
+def test_masks_as_saliency():
+    """saliency = "masks": the stimuli's ground-truth objects (shapes give masks) are the salient part."""
+    import stimuli
+    from rig.steps.rf_structure import salient_maps
+
+    shapes = stimuli.make("shapes", n=3, canvas=64, diameter=(10, 30), seed=0)
+    maps = salient_maps(shapes, shapes.render(), "masks")
+    np.testing.assert_array_equal(maps, shapes.render_extras()["masks"] > 0)
