@@ -538,7 +538,7 @@ def ncut(features: Any, n_eig: int = 20, t: float = 1.0, *, solver: str = "auto"
 
 def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int = 10, t: float = 1.0, *,
                  sample: Sequence[int] | np.ndarray | None = None, search_dim: int | None = 128, rerank: int = 4,
-                 fps_dim: int = 8, max_draw: float = 4.0, n_iter: int = 10, orthogonalize: bool = False,
+                 fps_dim: int = 8, max_draw: float = 4.0, n_iter: int = 4, orthogonalize: bool = False,
                  chunk_size: int = 4096, transform: Callable | None = None, feature_dim: str | None = None,
                  device: Any = None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> xr.DataArray:
@@ -550,7 +550,8 @@ def nystrom_ncut(features: Any, n_eig: int = 20, n_sample: int = 10000, knn: int
     node indices, chosen by the caller instead (then n_sample, fps_dim and max_draw are unused). knn: sampled
     neighbours averaged per node (K = 3 to 10 in the study), weighted by their affinity. t: temperature.
     search_dim: principal components used to find `rerank * knn` candidate neighbours, re-ranked exactly
-    (None: exact search in all D dims). n_iter: subspace iterations of the randomized eigensolver.
+    (None: exact search in all D dims). n_iter: subspace iterations of the randomized eigensolver (on
+    n_eig + max(10, n_eig / 2) vectors; the authors use torch.svd_lowrank's 2 on n_eig + 10).
     orthogonalize: Cholesky-QR the propagated eigenvectors (the authors' optional post-hoc Gram-Schmidt; off,
     as in the paper, so they are near- but not exactly orthogonal). chunk_size: nodes per propagation step
     (memory: chunk_size x n_sample float32). progress: called as progress(done_nodes, total_nodes).
