@@ -96,6 +96,20 @@ def unit_label(table: xr.Dataset | xr.DataArray, i: int) -> str:
     return text
 
 
+def unit_names(table: xr.Dataset | xr.DataArray) -> list[str]:
+    """Short names of every cell of a per-unit table, for figure panels: `26` (a unit), `26 t3` (unit 26 at
+    token 3), `26 (3,4)` (channel 26 at feature-map position map_y 3, map_x 4)."""
+    c = table.coords
+    n = table.sizes[CELL]
+    names = [str(int(u)) for u in c[UNIT].values] if UNIT in c else [str(i) for i in range(n)]
+    if TOKEN in c:
+        names = [f"{u} t{int(t)}" if t >= 0 else u for u, t in zip(names, c[TOKEN].values)]
+    if MAP_Y in c and MAP_X in c:
+        names = [f"{u} ({int(y)},{int(x)})" if y >= 0 else u for u, y, x in zip(names, c[MAP_Y].values,
+                                                                              c[MAP_X].values)]
+    return names
+
+
 def n_values(da: xr.DataArray) -> int:
     """Recorded values per stimulus of one site (units x tokens, or units x map positions)."""
     return int(np.prod([s for d, s in da.sizes.items() if d != STIMULUS]))

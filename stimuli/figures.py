@@ -55,7 +55,8 @@ def figures_for(stimulus_set: StimulusSet) -> dict[str, StimulusFigure]:
     return {n: figure_types.lookup(n) for n in names if figure_types.lookup(n).applies(stimulus_set)}
 
 
-@register_figure("contact_sheet", caption="a random sample of the stimuli, each titled with its index and parameters")
+@register_figure("contact_sheet", caption="A random sample of the stimuli as the network sees them, each titled "
+                 "with its index (#), centre (x, y) and diameter d, in pixels.")
 def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int | None = None, columns: int = 8) -> Figure:
     """A grid of `n` stimuli drawn at random (seeded; default: the set's own seed), each titled with its index
     and parameters."""
@@ -69,7 +70,7 @@ def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int | None = Non
     images = stimulus_set.render(idx)
     columns = min(columns, n)
     rows = int(np.ceil(n / columns))
-    fig = Figure(figsize=(1.6 * columns, 1.75 * rows), layout="constrained")
+    fig = Figure(figsize=(1.35 * columns, 1.6 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     p = stimulus_set.params
     for ax in axes.ravel()[n:]:
@@ -82,13 +83,15 @@ def contact_sheet(stimulus_set: StimulusSet, n: int = 16, seed: int | None = Non
             label += f" ({p.x.values[i]:.0f},{p.y.values[i]:.0f})"
         if "diameter" in p:
             label += f" d={p.diameter.values[i]:.0f}"
-        ax.set_title(label, fontsize=6)
-    fig.suptitle(f"{p.attrs.get('generator', 'stimuli')}: {n} of {len(stimulus_set)}", fontsize=9)
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(f"{p.attrs.get('generator', 'stimuli')}: {n} of {len(stimulus_set)} stimuli, at random", fontsize=10)
     return fig
 
 
 @register_figure("overview", requires=("x", "y"),
-                 caption="every stimulus centre (coloured by diameter where the set has one) and the mean image")
+                 caption="Left: every stimulus centre in image pixels, coloured by the stimulus diameter (colour "
+                 "bar, pixels) where the set has one. Right: the mean image over the set, which shows where the "
+                 "stimuli cover the visual field.")
 def overview(stimulus_set: StimulusSet, batch_size: int = 256) -> Figure:
     """The study's overview: every stimulus centre (left) and the mean image over the set (right).
 

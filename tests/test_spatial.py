@@ -137,10 +137,10 @@ def test_figures_render(ref, maps, tmp_path):
     scores = {s: {"spatial_information": spatial_information(m, ref["occupancy"][0]),
                   "grid_score": grid_score(m), "border_score": border_score(m)} for s, m in site_maps.items()}
     fig = top_units_figure(site_maps, scores, k=5, title="top units")
-    assert len(fig.axes) == 2 * 15
+    assert len(fig.axes) == 2 * 15 + 1  # the panels and one colour bar
     # the first grid column of row 0 shows the unit with the highest grid score
     best = int(np.nanargmax(scores["block.0"]["grid_score"]))
-    assert fig.axes[5].get_title().startswith(f"{best}:")
+    assert fig.axes[5].get_title().split("\n") == [str(best), f"{scores['block.0']['grid_score'][best]:.2f}"]
     fig.savefig(tmp_path / "top.png")
     assert score_distributions(scores).axes and compare_preparations(scores["block.0"], scores["block.1"]).axes
 

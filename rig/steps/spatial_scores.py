@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field
 
-from ..dims import X_BIN, Y_BIN, unit_table, units_first
+from ..dims import X_BIN, Y_BIN, unit_names, unit_table, units_first
 from .base import Needs, Step, StepContext, StepSettings, register_step
 from .ratemaps import analysis_device, open_ratemaps
 
@@ -59,7 +59,7 @@ class SpatialScores(Step):
         rm_spec = ctx.referenced(spec, "ratemaps").spec
         with ctx.recording() as rec, open_ratemaps(ctx.result_of(spec, "ratemaps")) as site_maps:
             occupancy = site_maps.dataset["occupancy"].values
-            per_site, maps_flat, scores_flat = [], {}, {}
+            per_site, maps_flat, scores_flat, names = [], {}, {}, {}
             for site in site_maps:
                 maps = site_maps[site]
                 if spec.shuffles > 0:
@@ -76,6 +76,7 @@ class SpatialScores(Step):
                 per_site.append(flat)
                 maps_flat[site] = units_first(maps, (Y_BIN, X_BIN)).values
                 scores_flat[site] = {k: flat[k].values for k in SCORES}
+                names[site] = unit_names(flat)
                 ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
         result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
         result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
@@ -84,13 +85,24 @@ class SpatialScores(Step):
         short = {s: short_site(s) for s in maps_flat}
         ctx.write_figure(f"{spec.key}_top_units", analyses.top_units_figure(
             {short[s]: m for s, m in maps_flat.items()}, {short[s]: v for s, v in scores_flat.items()},
-            k=spec.top_k, title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score"),
+            k=spec.top_k, title=f"{ctx.protocol.name}: top {spec.top_k} units per site and score",
+            labels={short[s]: v for s, v in names.items()}),
             caption=f"For each site (rows), the ratemaps of the {spec.top_k} units with the highest spatial "
-                    "information, grid score and border score: the mean response per stimulus position "
-                    "(blank = unvisited bin).")
-        ctx.write_figure(f"{spec.key}_distributions",
-                         analyses.score_distributions({short[s]: v for s, v in scores_flat.items()}),
-                         caption="The distribution of each score over the units of every site.")
+                    "information, grid score and border score: the mean response per stimulus position, as "
+                    "z-scores over the map's bins (red above the unit's mean, blue below; blank = unvisited "
+                    "bin). Each panel is titled with the unit (channel; at a token 't', or at a feature-map "
+                    "position (map_y, map_x)) and its score.")
+        from scipy.stats import norm
+
+        table = result.assign_coords(site=("cell", [short[s] for s in result["site"].values.astype(str)]))
+        null = (f" Grey: the shuffle null of the average site (each unit's null as a normal density from its "
+                f"null mean and sd over {spec.shuffles} shuffles of the stimulus positions); dashed: the median "
+                f"over units of null mean + {norm.ppf(1 - spec.alpha):.2f} sd, the score a typical unit needs for "
+                f"p <= {spec.alpha:g} (each unit is tested against its own null); the title counts the units "
+                f"that reach it." if spec.shuffles > 0 else " No shuffles were run (shuffles = 0), so no null.")
+        ctx.write_figure(f"{spec.key}_distributions", analyses.score_distributions(table, alpha=spec.alpha),
+                         caption="The distribution of each score over the units of every site (one line each)."
+                                 + null)
         if "class" in result:
             # a class is a per-unit test at alpha: about alpha x units are called per score with no tuning at all
             for column, suffix in (("class", ""), ("class_fdr", " (FDR)")):
