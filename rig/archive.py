@@ -10,6 +10,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -42,6 +43,16 @@ class SessionBusyError(RigError):
 def default_archive() -> Path:
     """The archive root used when none is given: `$RIG_ARCHIVE`, else `./sessions`."""
     return Path(os.environ.get("RIG_ARCHIVE") or "sessions")
+
+
+def session_command(verb: str, path: str | os.PathLike, *extra: str) -> str:
+    """`rig VERB ID [--archive DIR] EXTRA...`: a command about the session folder `path` that works as printed
+    from here: it names the archive when the session is not in the default one (`extra` is appended as is)."""
+    path = Path(path)
+    parts = ["rig", verb, shlex.quote(path.name)]
+    if path.parent.resolve() != default_archive().resolve():
+        parts += ["--archive", shlex.quote(str(path.parent))]
+    return " ".join(parts + list(extra))
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -348,6 +359,9 @@ class Archive:
     def session_dirs(self) -> list[Path]:
         """Every direct sub-folder holding a `session.json`, sorted by name (ids sort by creation time)."""
         if not self.root.is_dir():
+            if self.root.exists():
+                raise RigError(f"archive {self.root} is a file, not a folder of sessions; pass --archive DIR with "
+                               "the folder that holds the sessions")
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / SESSION_FILE).is_file())
 
@@ -456,9 +470,10 @@ class Archive:
             shown = ", ".join(candidates[:10]) + (f" and {len(candidates) - 10} more" if len(candidates) > 10 else "")
             raise SessionNotFoundError(f"{ref!r} matches {len(candidates)} sessions ({shown}); give more of the id")
         near = difflib.get_close_matches(ref, names, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(near)}?" if near else "; list them with `rig ls`"
+        archive = "" if self.root.resolve() == default_archive().resolve() else f" --archive {shlex.quote(str(self.root))}"
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; list them with `rig ls{archive}`"
         if not names:
-            hint = f"; {self.root} holds no sessions (set --archive or $RIG_ARCHIVE)"
+            hint = f"; {self.root} holds no sessions (pass --archive DIR or set $RIG_ARCHIVE)"
         raise SessionNotFoundError(f"no session {ref!r} in {self.root}{hint}")
 
     def diff(self, a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:

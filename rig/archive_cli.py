@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Sequence
 
 from rig.errors import RigError
@@ -62,6 +65,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _archive_arg(p)
     p.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to report (default: all)")
     p.add_argument("--embed", action="store_true", help="embed figures in the page instead of linking them")
+    p.add_argument("--out", metavar="DIR", help="write the reports to DIR/<id>/report.html and DIR/index.html "
+                   "instead of into the archive (e.g. a read-only one)")
     p.set_defaults(handler=cmd_report)
 
 
@@ -136,8 +141,50 @@ def cmd_ls(args: argparse.Namespace) -> int:
                                                                 or args.where or args.sweep) else ""))
         return 0
     headers = [h for h in dict.fromkeys(k for r in rows for k in r) if h != "sweep" or any(r.get(h) for r in rows)]
-    print(format_table(headers, [[r.get(h) for h in headers] for r in rows]))
+    # in a terminal (or with $COLUMNS) the table fits its width; piped, it keeps every column
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10 ** 6
+    shown = fit_columns(headers, rows, width)
+    table = [[r.get(h) for h in shown] for r in rows]
+    over = sum(_width(h, rows) for h in shown) - 2 - width
+    if over > 0 and "subject" in shown:  # even the essential columns are too wide: shorten the subjects
+        i, keep = shown.index("subject"), max(_width("subject", rows) - 2 - over, 12)
+        for row in table:
+            text = _text(row[i])
+            row[i] = text if len(text) <= keep else text[:keep - 1] + "…"
+    print(format_table(shown, table))
+    hidden = len(headers) - len(shown)
+    if hidden:
+        print(f"({_count(hidden, 'more column')}: `rig show ID`, `rig ls --json`, or a wider terminal)")
     return 0
+
+
+#: `rig ls` columns kept first when the terminal is narrow; protocol and created are also in the id
+_LS_PRIORITY = ("id", "status", "subject", "seconds")
+_LS_LAST = ("protocol", "created")
+
+
+def fit_columns(headers: Sequence[str], rows: Sequence[dict[str, Any]], width: int) -> list[str]:
+    """The columns of `rig ls` that fit in `width` characters, in their own order: id, status, subject and
+    seconds always, then key results in order while they fit, then protocol and created (which the id
+    repeats)."""
+    ranked = [h for h in _LS_PRIORITY if h in headers]
+    ranked += [h for h in headers if h not in _LS_PRIORITY and h not in _LS_LAST]
+    ranked += [h for h in _LS_LAST if h in headers]
+    chosen, used = set(), 0
+    for h in ranked:
+        if h in _LS_PRIORITY or used + _width(h, rows) <= width + 2:
+            chosen.add(h)
+            used += _width(h, rows)
+    return [h for h in headers if h in chosen]
+
+
+def _width(header: str, rows: Sequence[dict[str, Any]]) -> int:
+    """Characters a column takes in `format_table`, with the two spaces between columns."""
+    return max([len(header)] + [len(_text(r.get(header))) for r in rows]) + 2
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -162,7 +209,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         e = info.error
         out += ["", f"error in step {e.get('step')}: {e.get('type')}: {e.get('message')}"]
     if info.status in ("failed", "interrupted", "stale"):
-        out.append(f"finish it with `rig resume {info.id}` (the traceback: `rig show {info.id} --json`)")
+        from rig.session import resume_advice
+
+        out.append(resume_advice(info.path) or "")
     out += ["", "steps:", format_table(
         ["step", "status", "started", "finished", "seconds"],
         [[name, s.get("status"), s.get("started"), s.get("finished"), s.get("seconds")]
@@ -194,6 +243,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from rig.archive import Archive, SessionBusyError, human_bytes
+    from rig.io import check_writable
     from rig.report import INDEX_FILE, write_index
 
     archive = Archive(args.archive)
@@ -201,6 +251,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     busy = [i.id for i in infos if i.live]
     if busy and not args.force:  # refuse before deleting anything
         raise SessionBusyError(f"running now: {', '.join(busy)}; stop them first or pass --force")
+    for i in infos:  # refuse before deleting anything: a read-only folder would be left half-deleted
+        for folder in [i.path.parent, *(Path(d) for d, _, _ in os.walk(i.path))]:
+            check_writable(folder, "folder", f"nothing was deleted; {i.id} is in a folder you cannot change")
     total = sum(i.disk_bytes() for i in infos)
     if not args.yes:
         if not sys.stdin.isatty():
@@ -230,7 +283,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     archive = Archive(args.archive)
     if not args.sessions and not archive.root.is_dir():
-        raise RigError(f"no archive folder {archive.root}; pass --archive DIR or set $RIG_ARCHIVE")
-    for path in write_reports(archive.root, args.sessions, embed=args.embed):
+        what = "is a file, not an archive folder" if archive.root.exists() else "does not exist"
+        raise RigError(f"archive {archive.root} {what}; pass --archive DIR with the folder that holds the sessions, "
+                       "or set $RIG_ARCHIVE")
+    for path in write_reports(archive.root, args.sessions, embed=args.embed, out=args.out):
         print(path)
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from .errors import is_user_error
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `rig` command. A failure is one line on stderr, `error: <what went wrong>; <what to do>`: exit 2
+    for mistakes the user can fix (and for faults of the environment, e.g. a read-only archive), 1 for a step
+    that failed for another reason (its traceback is kept in the session) or a bug in rig (set RIG_DEBUG=1 to
+    see the traceback); an interruption exits 130 with the command that finishes the session."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -18,28 +23,57 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt as e:
+        import shlex
+
+        from .archive import default_archive, session_command
         from .session import SessionInterrupted
 
         if isinstance(e, SessionInterrupted) and Path(str(e)).parent.name == "sweeps":  # a sweep's folder
+            archive = Path(str(e)).parent.parent
+            where = "" if archive.resolve() == default_archive().resolve() else f" --archive {shlex.quote(str(archive))}"
             print(f"interrupted: sweep {Path(str(e)).name} is marked interrupted; finish it with `rig sweep "
-                  f"{args.protocol}`", file=sys.stderr)
+                  f"{shlex.quote(str(args.protocol))}{where}`", file=sys.stderr)
         elif isinstance(e, SessionInterrupted):
-            print(f"interrupted: {e} is marked interrupted; finish it with `rig resume {Path(str(e)).name}`",
-                  file=sys.stderr)
+            print(f"interrupted: {Path(str(e)).name} is marked interrupted; finish it with "
+                  f"`{session_command('resume', str(e))}`", file=sys.stderr)
         else:
             print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a session step failed: it is recorded in the session, say where
-        if is_user_error(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        where = getattr(e, "session_path", None)
-        if where is None:
-            raise
-        print(f"error: {type(e).__name__}: {e}\n  session {where} failed; the traceback is in its session.json "
-              f"(`rig show {Path(where).name}`); `rig resume {Path(where).name}` retries the unfinished steps",
-              file=sys.stderr)
+    except BrokenPipeError:  # `rig ls | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # noqa: BLE001  (every failure becomes one line; RIG_DEBUG=1 shows the traceback)
+        if os.environ.get("RIG_DEBUG"):
+            raise
+        message, code = failure(e)
+        print("\n".join(f"error: {line}" for line in message.splitlines()), file=sys.stderr)
+        return code
+
+
+def failure(error: Exception) -> tuple[str, int]:
+    """The message and exit code for a command that raised `error` (see `main`). A protocol error with several
+    problems keeps one line per problem; every other message is one line."""
+    from .io import describe_os_error
+
+    if is_user_error(error):
+        message, code = str(error), 2
+    elif isinstance(error, OSError):
+        message, code = describe_os_error(error), 2
+    else:
+        message, code = f"{type(error).__name__}: {error}", 1
+    where = getattr(error, "session_path", None)
+    if where is None:
+        if code == 1:
+            message += " (a bug in rig; run again with RIG_DEBUG=1 for the traceback, and report it)"
+        return (message if is_user_error(error) else " ".join(message.split())), code
+    from .session import resume_advice
+
+    info = f"session {Path(where).name} failed at a step"
+    try:
+        advice = resume_advice(where)
+    except Exception:  # noqa: BLE001  (the session folder itself is unreadable: say what failed, at least)
+        advice = None
+    return " ".join(f"{message}; {info}{'; ' + advice if advice else ''}".split()), code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,12 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", help="session folder, id or unique id prefix")
     p.add_argument("--archive", help="archive to look the id up in (default $RIG_ARCHIVE or ./sessions)")
     p.add_argument("--force", action="store_true", help="resume even if the code or protocol changed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a protocol setting of a step not done yet, e.g. --set analyse.1.shuffles=10 "
+                   "(repeatable; recorded in the session's provenance)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("rerun", help="run a session's resolved protocol again as a new session")
     p.add_argument("session")
     p.add_argument("--archive", help="archive to look the id up in and to write the new session to")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the new session (after the old session's own overrides)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_rerun)
 
@@ -106,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="session to compare with")
     p.add_argument("--archive", help="archive to look the ids up in")
     p.add_argument("--analysis", default="spatial_scores", help="name of the spatial_scores step (default %(default)s)")
-    p.add_argument("--out", help="figure file (default: compare-<a>-<b>.png in the current folder)")
+    p.add_argument("--out", help="figure file (.png), or a folder to write compare-<a>-<b>.png into (default: "
+                   "the first session's figures/ folder)")
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("schema", help="print the JSON Schema of protocol files (for editors)")
@@ -183,18 +223,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .session import resume
 
-    session = resume(args.session, progress=not args.quiet, force=args.force, archive=args.archive)
+    session = resume(args.session, progress=not args.quiet, force=args.force, archive=args.archive,
+                     overrides=args.overrides)
     print(f"session {session.id}: {session.status}\n  {session.path}")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    from .errors import RigError
     from .session import open_session, run
 
     old = open_session(args.session, archive=args.archive)
     archive = args.archive or old.path.parent
     if (old.path / "protocol.toml").is_file() and old.point is None:  # a sweep point reruns its own protocol
-        session = run(old.path / "protocol.toml", archive=archive, overrides=old.overrides, progress=not args.quiet)
+        session = run(old.path / "protocol.toml", archive=archive, overrides=(old.overrides or []) + args.overrides,
+                      progress=not args.quiet)
+    elif args.overrides:
+        raise RigError(f"{old.id} has no protocol file of its own to apply --set to; run its protocol.resolved.json's "
+                       "settings as a protocol file of your own")
     else:
         session = run(old.protocol, archive=archive, progress=not args.quiet)
     print(f"session {session.id}: {session.status} (rerun of {old.id})\n  {session.path}")
@@ -267,7 +313,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from analyses import compare_preparations
 
     from .errors import RigError
-    from .io import atomic_path
+    from .io import atomic_path, check_writable
     from .session import open_session
 
     sessions = [open_session(ref, archive=args.archive) for ref in (args.a, args.b)]
@@ -282,8 +328,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
                    for s in sessions)
     if labels[0] == labels[1]:
         labels = (f"{labels[0]} ({sessions[0].id[-6:]})", f"{labels[1]} ({sessions[1].id[-6:]})")
+    name = f"compare-{sessions[0].id[-6:]}-{sessions[1].id[-6:]}.png"
+    if args.out is None:
+        out = sessions[0].layout.figures_dir / name
+    else:
+        out = Path(args.out)
+        if out.is_dir() or args.out.endswith(("/", os.sep)) or not out.suffix:
+            out = out / name
+    check_writable(out.parent, "folder", "pass --out FILE.png or --out DIR with a folder you can write")
     fig = compare_preparations(scores[0], scores[1], labels=labels)
-    out = Path(args.out or f"compare-{sessions[0].id[-6:]}-{sessions[1].id[-6:]}.png")
     with atomic_path(out) as tmp:  # makes the folder; never leaves half a PNG
         fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)

@@ -58,3 +58,49 @@ def _fsync_dir(folder: Path) -> None:
 def now_iso() -> str:
     """The time now as ISO 8601 UTC with seconds (`2026-12-03T08:31:55Z`), as session files store it."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_writable(folder: str | os.PathLike, what: str, fix: str) -> Path:
+    """Raise `RigError` unless files can be made in `folder` (made later if missing): it must not be a file,
+    and it (or, when missing, its nearest existing parent) must be a writable folder. `what` names the folder
+    for the message (e.g. "archive"), `fix` says what to do. Returns `folder` as a Path.
+
+    Checked before anything is written, so a read-only archive or an `--archive` naming a file fails at once
+    with one line, instead of an `OSError` halfway through."""
+    from .errors import RigError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        at = "is a file" if existing == folder else f"is under the file {existing}"
+        raise RigError(f"{what} {folder} {at}, not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_fs(existing) else "permission denied"
+        raise RigError(f"cannot write in {what} {folder} ({reason}); {fix}")
+    return folder
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def describe_os_error(error: OSError) -> str:
+    """An `OSError` as one line that says which file and what to do (for the CLI's `error:` line)."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None) or "a file"
+    fixes = {errno.EROFS: "the file system is read-only: use a writable folder (--archive DIR)",
+             errno.EACCES: "check the permissions, or use a folder you can write (--archive DIR)",
+             errno.EPERM: "check the permissions, or use a folder you can write (--archive DIR)",
+             errno.ENOSPC: "free some disk space",
+             errno.EDQUOT: "free some disk space (quota exceeded)",
+             errno.ENOTDIR: "a file is where a folder is needed: give a folder path",
+             errno.EISDIR: "a folder is where a file is needed: give a file path",
+             errno.ENOENT: "check the path"}
+    fix = fixes.get(error.errno, "check the path and its permissions")
+    return f"{where}: {error.strerror or error}; {fix}"

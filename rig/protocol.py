@@ -554,13 +554,15 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | str:
     return 1 if lines else "?"
 
 
-def where(path: str | Path, loc: tuple) -> str:
-    """`file:line` of a key path in a protocol file, for errors found after validation (e.g. unknown sites)."""
+def where(path: str | Path, loc: tuple, overrides: list[str] | None = None) -> str:
+    """`file:line` of a key path in a protocol file, for errors found after validation (e.g. unknown sites), or
+    `file --set key=value` when one of the `overrides` set it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError:
-        return str(path)
-    return f"{path}:{_line_for(tuple(loc), _key_lines(text))}"
+        text = ""
+    at = _Where(str(path), text, overrides)(tuple(loc))
+    return at if text or " --set " in at else str(path)
 
 
 def json_schema() -> dict[str, Any]:

@@ -32,9 +32,9 @@ from typing import Any, Iterator, Mapping
 import xarray as xr
 
 from . import provenance
-from .archive import SessionInfo, default_archive
+from .archive import SessionInfo, default_archive, session_command
 from .errors import RigError
-from .io import now_iso, write_json, write_text
+from .io import check_writable, now_iso, write_json, write_text
 from .layout import SCHEMA_VERSION as SESSION_SCHEMA
 from .layout import SessionLayout
 from .protocol import Protocol, parse_protocol, validate_protocol
@@ -223,34 +223,44 @@ def start(proto: Protocol, text: str | None, source: str, archive: str | os.Path
     run it. `text`: the protocol file saved as protocol.toml (None: none); `sweep`: `{"sweep": id, "point":
     {...}}` for a sweep's point session, stored in session.json; `on_created(folder)` is called as soon as the
     folder exists."""
-    shared = shared if shared is not None else preflight(proto, source=source)
     archive = Path(archive) if archive is not None else default_archive()
+    check_writable(archive, "archive", "pass --archive DIR with a folder you can write, or set $RIG_ARCHIVE")
+    shared = shared if shared is not None else preflight(proto, source=source, overrides=overrides)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = SessionLayout(archive / f"{stamp}-{proto.name}-{secrets.token_hex(3)}")
-    layout.folder.mkdir(parents=True)
-    if on_created is not None:
-        on_created(layout.folder)
-    if text is not None:
-        write_text(layout.protocol_toml, text)
-    write_json(layout.resolved, proto.resolved())
-    if overrides:
-        write_json(layout.overrides, list(overrides))
     info = {"id": layout.folder.name, "schema_version": SESSION_SCHEMA, "status": "running",
             "protocol_name": proto.name, "created": now_iso(), "updated": now_iso(), "heartbeat": now_iso(),
             "heartbeat_interval_s": HEARTBEAT_S, "pid": os.getpid(), "host": socket.gethostname(),
             "steps": {key: {"status": "pending"} for key in step_keys(proto)}, "error": None, "headline": {},
             **(sweep or {})}
-    write_json(layout.session_json, info)
-    write_json(layout.provenance, provenance.collect(proto))
+    try:
+        layout.folder.mkdir(parents=True)
+        if text is not None:
+            write_text(layout.protocol_toml, text)
+        write_json(layout.resolved, proto.resolved())
+        if overrides:
+            write_json(layout.overrides, list(overrides))
+        write_json(layout.provenance, provenance.collect(proto))
+        write_json(layout.session_json, info)  # last: a folder without it is no session
+        if on_created is not None:
+            on_created(layout.folder)
+    except OSError as e:  # e.g. the disk filled up: leave nothing half-made behind
+        import shutil
+
+        from .io import describe_os_error
+
+        shutil.rmtree(layout.folder, ignore_errors=True)
+        raise RigError(f"cannot make the session folder: {describe_os_error(e)}") from None
     return Runner(layout.folder, proto, progress=progress, shared=shared).run()
 
 
-def preflight(proto: Protocol, source: str) -> Any:
+def preflight(proto: Protocol, source: str, overrides: list[str] | None = None) -> Any:
     """Build the subject, resolve its sites and readout, and let every step check its settings against them,
     before any file is written: a wrong model name, missing weights, a site glob that matches nothing or a
     step that cannot run is reported as `file:line: key: message` and leaves no half-made session behind.
     Returns what it built (`rig.steps.Shared`: subject and readout), which the session reuses, so the model
-    is built and the prompts' text embeddings computed once."""
+    is built and the prompts' text embeddings computed once. A mistake in a setting given by one of the
+    `overrides` is reported as `file --set key=value: key: message`."""
     from .behaviour import make_readout
     from .errors import ProtocolError, SiteError, SubjectError
     from .protocol import where
@@ -261,60 +271,166 @@ def preflight(proto: Protocol, source: str) -> Any:
     try:
         subject = load_subject(**proto.subject.kwargs())
     except SubjectError as e:
-        raise ProtocolError(f"{where(source, ('subject', e.key))}: subject.{e.key}: {e}") from None
+        raise ProtocolError(f"{where(source, ('subject', e.key), overrides)}: subject.{e.key}: {e}") from None
     try:
         recorded = select_sites(subject, proto.record.sites)
     except SiteError as e:
-        raise ProtocolError(f"{where(source, ('record', 'sites'))}: record.sites: {e}") from None
+        raise ProtocolError(f"{where(source, ('record', 'sites'), overrides)}: record.sites: {e}") from None
     readout = None
     if proto.behaviour is not None:
         try:
             readout = make_readout(subject, proto.behaviour.model_dump())
         except RigError as e:
-            raise ProtocolError(f"{where(source, ('behaviour',))}: behaviour: {e}") from None
+            raise ProtocolError(f"{where(source, ('behaviour',), overrides)}: behaviour: {e}") from None
     import stimuli
 
     stimulus_set = stimuli.make(proto.stimuli.generator, **proto.stimuli.params())  # validated: this works
-    pre = Preflight(proto, source, subject, catalogue(subject), recorded, readout, stimulus_set)
+    pre = Preflight(proto, source, subject, catalogue(subject), recorded, readout, stimulus_set, overrides)
     for planned in plan(proto):
         planned.step.check(planned.spec, pre)
     return Shared(subject=subject, readout=readout, stimuli=stimulus_set)
 
 
 def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
-           archive: str | os.PathLike | None = None) -> Session:
+           archive: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Session:
     """Finish an incomplete session, redoing only the steps that are not done.
 
     Refuses (with the reason) when the protocol file was edited since, or when the code that made the finished
-    steps differs from the code running now (results would mix), unless `force`.
+    steps differs from the code running now (results would mix), unless `force`. `overrides` (`--set`) fix the
+    protocol of a session that failed on a setting: they may change only steps not done yet; the new settings
+    are checked like a new run's (preflight), saved with the session (`overrides.json`, the resolved protocol)
+    and recorded in provenance (`resumes`).
     """
     session = open_session(path, archive)
-    info = session.info
+    blocker = resume_blocker(session, force)
+    if blocker:
+        raise RigError(blocker)
+    check_writable(session.path, "session folder", f"copy the session to a folder you can write and resume it there")
+    proto, shared = session.protocol, None
+    if overrides:
+        proto, shared = _fixed_protocol(session, list(overrides))
+    return Runner(session.path, proto, progress=progress, shared=shared).run()
+
+
+def resume_blocker(session: Session, force: bool = False) -> str | None:
+    """Why `rig resume` would refuse this session, as a message with the command to use instead; None when it
+    can be resumed (`force` accepts an edited protocol file and other code)."""
+    rerun = session_command("rerun", session.path)
+    resume_force = session_command("resume", session.path, "--force")
     status = session.status
     if status == "completed":
-        raise RigError(f"{session.id} is already completed; `rig rerun {session.id}` starts a new session")
+        return f"{session.id} is already completed; `{rerun}` starts a new session"
     if status == "running":
-        raise RigError(f"{session.id} is running (pid {info.get('pid')} on {info.get('host')}, heartbeat "
-                       f"{info.get('heartbeat')}); stop it first, or wait for it")
-    proto = session.protocol
+        info = session.info
+        return (f"{session.id} is running (pid {info.get('pid')} on {info.get('host')}, heartbeat "
+                f"{info.get('heartbeat')}); stop it first, or wait for it")
+    if force:
+        return None
     toml = session.layout.protocol_toml
     if toml.is_file():
-        if info.get("point") is not None:  # a sweep's point: the sweep file with the point's settings
-            from .sweeps import point_protocol
-
-            current = point_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides,
-                                     info["point"].get("settings") or {})
-        else:
-            current = parse_protocol(toml.read_text(encoding="utf-8"), str(toml), session.overrides)
-        if current.hash() != proto.hash() and not force:
-            raise RigError(f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
-                           "settings (use `rig rerun` for a new session, or --force)")
+        current = _protocol_file(session, session.overrides)
+        if current.hash() != session.protocol.hash():
+            return (f"{session.id}: protocol.toml was edited after the session started; resuming would mix "
+                    f"settings: `{rerun}` starts a new session from it, `{resume_force}` resumes anyway")
     reasons = provenance.incompatibilities(session.provenance, provenance.code_state())
-    done = [k for k, v in info["steps"].items() if v.get("status") == "done"]
-    if reasons and done and not force:
-        raise RigError(f"{session.id}: cannot resume: {'; '.join(reasons)}; the finished steps "
-                       f"({', '.join(done)}) were made by other code (use --force to mix, or `rig rerun`)")
-    return Runner(session.path, proto, progress=progress).run()
+    done = [k for k, v in session.info["steps"].items() if v.get("status") == "done"]
+    if reasons and done:
+        return (f"{session.id}: cannot resume: {'; '.join(reasons)}; the finished steps ({', '.join(done)}) were "
+                f"made by other code: `{rerun}` starts a new session, `{resume_force}` mixes them")
+    return None
+
+
+def resume_advice(path: str | os.PathLike) -> str | None:
+    """What to do about an unfinished session (failed, interrupted, stale), as one sentence with a command that
+    works as printed; None for a session that needs nothing (completed, running)."""
+    session = Session(path)
+    if session.status not in ("failed", "interrupted", "stale"):
+        return None
+    try:
+        blocker = resume_blocker(session)
+    except RigError as e:  # its protocol no longer validates: resume would fail the same way
+        return f"it cannot be resumed as it is: {' '.join(str(e).split())}"
+    if blocker:
+        return blocker
+    resume_cmd = session_command("resume", session.path)
+    error = session.info.get("error") or {}
+    if error.get("key"):
+        key = error["key"]
+        return (f"it stopped on the setting {key}: fix it and finish the session with "
+                f"`{session_command('resume', session.path, f'--set {key}=VALUE')}`")
+    if error.get("user_error"):
+        return (f"fix what the error says, then finish the session with `{resume_cmd}` (a protocol setting: "
+                f"`{resume_cmd} --set KEY=VALUE`)")
+    if error:
+        return f"finish it with `{resume_cmd}` (the traceback: `{session_command('show', session.path, '--json')}`)"
+    return f"finish it with `{resume_cmd}`"
+
+
+def _protocol_file(session: Session, overrides: list[str] | None) -> Protocol:
+    """The session's protocol.toml as it reads now, with `overrides` (a sweep point's: the sweep file with the
+    point's settings)."""
+    toml = session.layout.protocol_toml
+    text = toml.read_text(encoding="utf-8")
+    point = session.info.get("point")
+    if point is not None:
+        from .sweeps import point_protocol
+
+        return point_protocol(text, str(toml), overrides, point.get("settings") or {})
+    return parse_protocol(text, str(toml), overrides)
+
+
+def _fixed_protocol(session: Session, overrides: list[str]) -> tuple[Protocol, Any]:
+    """The session's protocol with `overrides` applied for `resume`, checked (preflight) and saved; refused when
+    they change a step that is done. Returns the protocol and what preflight built."""
+    from .protocol import _apply_override
+
+    old = session.protocol
+    every = (session.overrides or []) + overrides
+    toml = session.layout.protocol_toml
+    if toml.is_file():
+        source = str(toml)
+        new = _protocol_file(session, every)
+    else:
+        source = str(session.layout.resolved)
+        data = old.resolved()
+        for item in overrides:
+            _apply_override(data, item, source)
+        new = validate_protocol(data, source=source, overrides=overrides)
+    done = [k for k, v in session.info["steps"].items() if v.get("status") == "done"]
+    changed = [k for k in done if _step_inputs(old, k) != _step_inputs(new, k)]
+    if changed:
+        sets = " ".join(f"--set {o}" for o in overrides)
+        raise RigError(f"{session.id}: {sets} changes settings of steps already done ({', '.join(changed)}), whose "
+                       f"results would not match; `{session_command('rerun', session.path, sets)}` starts a new "
+                       "session with them")
+    shared = preflight(new, source=source, overrides=every)
+    layout = session.layout
+    write_json(layout.resolved, new.resolved())
+    write_json(layout.overrides, every)
+    data = layout.read_json(layout.provenance)
+    data.setdefault("resumes", []).append({"at": now_iso(), "overrides": overrides, "steps_done": done,
+                                           "protocol_hash_before": old.hash()})
+    data["protocol_hash"] = new.hash()
+    write_json(layout.provenance, data)
+    info = session.info  # the plan may have new or renamed steps: keep what is done, the rest pending
+    keys = step_keys(new)
+    info["steps"] = {k: info["steps"].get(k, {"status": "pending"}) for k in keys}
+    write_json(layout.session_json, info)
+    return new, shared
+
+
+def _step_inputs(protocol: Protocol, key: str) -> Any:
+    """What the result of step `key` depends on: the design and recording settings, and the settings of every step
+    up to and including it (None when the protocol has no such step)."""
+    from .steps import plan
+
+    planned = plan(protocol)
+    keys = [p.key for p in planned]
+    if key not in keys:
+        return None
+    data = protocol.resolved()
+    upto = [p.spec.model_dump(mode="json") for p in planned[:keys.index(key) + 1]]
+    return [data.get(k) for k in ("subject", "stimuli", "record", "behaviour")] + upto
 
 
 def step_keys(protocol: Protocol) -> list[str]:
@@ -384,7 +500,8 @@ class Runner:
                 if current and self.info["steps"][current].get("status") != "done":
                     self._step(current, status="failed")
                 self._update(status="failed", error={"type": type(e).__name__, "message": str(e),
-                                                     "step": current, "traceback": traceback.format_exc()})
+                                                     "step": current, "traceback": traceback.format_exc(),
+                                                     **_error_kind(e)})
                 self._report(log)
                 e.session_path = self.folder  # type: ignore[attr-defined]  (the CLI names the session)
                 raise
@@ -480,6 +597,21 @@ def file_log(name: str, path: Path) -> Iterator[logging.Logger]:
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _error_kind(error: BaseException) -> dict[str, Any]:
+    """`user_error` (the user can fix it: a `RigError` or an `OSError` of the environment) and, for a protocol
+    mistake (`file:line: key.path: message`), the `key` at fault; `rig show` and the CLI advise from them."""
+    import re
+
+    from .errors import is_user_error
+
+    out: dict[str, Any] = {"user_error": is_user_error(error) or isinstance(error, OSError)}
+    m = re.match(r"^\S+(?::[\d?]+| --set \S+): ((?:subject|stimuli|record|behaviour|analyse|perturb|compare)"
+                 r"(?:\.\w+)*): ", str(error))
+    if m:
+        out["key"] = m.group(1)
+    return out
 
 
 @contextlib.contextmanager

@@ -25,6 +25,9 @@ seed = 0
 [stimuli]
 generator = "circles"
 n = {n}
+
+[record]
+sites = ["visual.transformer.resblocks.*.attn"]
 """
 
 RESOLVED = {

@@ -27,6 +27,7 @@ CHROMIUM = next((p for p in (os.environ.get("RIG_CHROMIUM"), shutil.which("chrom
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed; run .ci/browser-deps.sh")]
 TIMEOUT_S = 30.0
+WIDTH, HEIGHT = 1300, 900  # the window the pages must fit without horizontal overflow
 
 
 class Chromium:
@@ -37,7 +38,7 @@ class Chromium:
         self._from_browser, from_browser_w = os.pipe()
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,900",
+                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--window-size={WIDTH},{HEIGHT}",
                  f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
         # bash puts our pipe ends on fds 3 and 4, where chromium expects them (dash takes one-digit fds only)
         self.log = profile.with_name("chromium.log")
@@ -54,7 +55,7 @@ class Chromium:
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.page(f"{domain}.enable")
-        self.page("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 900, "deviceScaleFactor": 1,
+        self.page("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1,
                                                          "mobile": False})
 
     def _read_message(self, deadline: float) -> dict[str, Any]:
@@ -128,10 +129,20 @@ class Chromium:
                 out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         return out
 
-    def screenshot(self, path: Path) -> bytes:
-        data = base64.b64decode(self.page("Page.captureScreenshot", {"format": "png"})["data"])
+    def screenshot(self, path: Path, full_page: bool = False, max_height: int = 8000) -> bytes:
+        """The window (or the whole page, up to `max_height` px) as PNG bytes, also written to `path`."""
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            height = min(int(self.evaluate("document.documentElement.scrollHeight")), max_height)
+            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": WIDTH, "height": height,
+                                                            "scale": 1})
+        data = base64.b64decode(self.page("Page.captureScreenshot", params)["data"])
         path.write_bytes(data)
         return data
+
+    def overflow_px(self) -> int:
+        """How far the page is wider than the window (0: no horizontal scrolling)."""
+        return int(self.evaluate("document.documentElement.scrollWidth - window.innerWidth"))
 
     def close(self) -> None:
         try:
@@ -192,7 +203,7 @@ def test_index_and_report_in_chromium(tmp_path: Path, browser: Chromium) -> None
     data = browser.screenshot(shot)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = Image.open(io.BytesIO(data)).convert("RGB")
-    assert pixels.size == (1200, 900)
+    assert pixels.size == (WIDTH, HEIGHT)
     colours = pixels.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables, the figure: not a blank page
 
@@ -206,3 +217,90 @@ def test_index_and_report_in_chromium(tmp_path: Path, browser: Chromium) -> None
     assert browser.evaluate("Array.from(document.images, i => i.src.startsWith('data:image/png') && "
                             "i.naturalWidth > 0)") == [True, True]
     assert browser.errors() == []
+
+
+def _study_session(root: Path) -> Path:
+    """A completed session whose report has the figures of a real one (12 sites), with captions, and many key
+    results with long names: what used to overflow a 1300 px window or shrink the figures unreadably."""
+    import numpy as np
+    import xarray as xr
+    from matplotlib.figure import Figure
+
+    import stimuli
+    from analyses import score_distributions, top_units_figure
+    from stimuli.figures import overview
+
+    headline = {f"a long key result number {i} (units)": 0.123456 * i for i in range(16)}
+    folder = make_session(root, hexid="cccccc", figures=(), headline=headline,
+                          resolved={"subject": {"source": "factory", "arch": None,
+                                                "factory": "a_lab_package.models.very_long_module_name:build"}})
+    rng = np.random.default_rng(0)
+    sites = [f"block {i}.attn" for i in range(12)]
+    maps = {s: rng.normal(size=(40, 14, 14)) for s in sites}
+    scores = {s: {k: rng.normal(size=40) for k in ("spatial_information", "grid_score", "border_score")}
+              for s in sites}
+    table = xr.Dataset({k: ("cell", np.concatenate([scores[s][k] for s in sites])) for k in scores[sites[0]]},
+                       coords={"site": ("cell", np.repeat(sites, 40))})
+    figures = {
+        "design": {"figures/stimuli_overview.png": (overview(stimuli.circles(n=200, seed=0)),
+                                                    "Every stimulus centre, coloured by diameter (px).")},
+        "analyse/spatial_scores": {
+            "figures/spatial_scores_top_units.png": (top_units_figure(maps, scores, title="top units"),
+                                                     "The top 5 units per site and score."),
+            "figures/spatial_scores_distributions.png": (score_distributions(table),
+                                                         "Each score's distribution over units.")},
+    }
+    info = json.loads((folder / "session.json").read_text())
+    info["steps"]["analyse/spatial_scores"] = {"status": "done", "seconds": 3.0, "outputs": []}
+    for key, drawn in figures.items():
+        for rel, (fig, caption) in drawn.items():
+            (folder / rel).parent.mkdir(exist_ok=True)
+            fig.savefig(folder / rel, dpi=110)
+            info["steps"][key].setdefault("outputs", []).append(rel)
+            info["steps"][key].setdefault("figures", {})[rel] = caption
+    (folder / "session.json").write_text(json.dumps(info))
+    wide = Figure(figsize=(20, 2))  # a figure wider than the page is scaled down, never overflows it
+    wide.add_subplot().plot([0, 1])
+    wide.savefig(folder / "figures" / "wide.png", dpi=110)
+    return folder
+
+
+def test_report_and_index_fit_1300_px_and_read_in_study_order(tmp_path: Path, browser: Chromium) -> None:
+    shots = Path(os.environ.get("RIG_SCREENSHOTS") or tmp_path)  # keep them for a look: RIG_SCREENSHOTS=DIR
+    shots.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "archive"
+    folder = _study_session(root)
+    make_session(root, hexid="dddddd", status="failed", created=T0.replace(hour=21),
+                 error={"type": "SiteError", "message": "no site 'x'", "step": "record", "traceback": "T"})
+    write_reports(root)
+
+    browser.navigate((root / "index.html").as_uri())
+    assert browser.overflow_px() == 0
+    text = browser.evaluate("document.body.innerText")
+    assert "2 sessions, newest first" in text and "a long key result number 15 (units): 1.852" in text
+    browser.screenshot(shots / "index.png")
+
+    browser.navigate((folder / "report.html").as_uri())
+    assert browser.overflow_px() == 0
+    headings = browser.evaluate("Array.from(document.querySelectorAll('h3'), h => h.textContent)")
+    assert headings == ["design", "analyse/spatial_scores", "other figures"]  # study order: the steps as they ran
+    captions = browser.evaluate("Array.from(document.querySelectorAll('figcaption'), c => c.innerText)")
+    assert captions[0].startswith("Figure 1. Every stimulus centre") and captions[2].startswith("Figure 3. Each score")
+    assert browser.evaluate("parseFloat(getComputedStyle(document.querySelector('figcaption')).fontSize)") >= 13
+    images = browser.evaluate("Array.from(document.images, i => [i.getAttribute('src'), i.naturalWidth, "
+                              "i.width])")  # the content box: without the border
+    for src, natural, shown in images:  # figures made to fit are shown at their own size: 8 pt stays 8 pt
+        assert natural > 0, src
+        if natural <= 1240:
+            assert abs(shown - natural) < 1, (src, natural, shown)
+        else:
+            assert shown < WIDTH, (src, natural, shown)
+    browser.screenshot(shots / "report.png", full_page=True)
+    assert browser.errors() == []
+
+
+def test_index_of_one_session_says_session(tmp_path: Path, browser: Chromium) -> None:
+    make_session(tmp_path)
+    write_reports(tmp_path)
+    browser.navigate((tmp_path / "index.html").as_uri())
+    assert "1 session, newest first" in browser.evaluate("document.body.innerText")

@@ -379,12 +379,13 @@ class Preflight:
     recorded: list[str]
     readout: Any
     stimuli: Any = None
+    overrides: list[str] | None = None  # the --set overrides: a mistake in one is blamed on it, not a line
 
     def fail(self, loc: tuple, message: str) -> typing.NoReturn:
         from ..errors import ProtocolError
         from ..protocol import where
 
-        raise ProtocolError(f"{where(self.source, loc)}: {'.'.join(map(str, loc))}: {message}")
+        raise ProtocolError(f"{where(self.source, loc, self.overrides)}: {'.'.join(map(str, loc))}: {message}")
 
     def site_info(self, name: str) -> Any:
         return next((i for i in self.catalogue if i.name == name), None)
