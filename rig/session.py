@@ -302,10 +302,10 @@ def resume(path: str | os.PathLike, progress: bool = True, force: bool = False,
     and recorded in provenance (`resumes`).
     """
     session = open_session(path, archive)
+    check_writable(session.path, "session folder", "copy the session to a folder you can write and resume it there")
     blocker = resume_blocker(session, force)
     if blocker:
         raise RigError(blocker)
-    check_writable(session.path, "session folder", f"copy the session to a folder you can write and resume it there")
     proto, shared = session.protocol, None
     if overrides:
         proto, shared = _fixed_protocol(session, list(overrides))
