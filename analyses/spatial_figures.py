@@ -98,8 +98,9 @@ def top_units_figure(maps: Mapping[str, np.ndarray], scores: Mapping[str, Mappin
                 if j == 0 and g == 0:
                     ax.set_ylabel(site, fontsize=FONT, rotation=0, ha="right", va="center", labelpad=4)
                 if row == 0 and j == 0:
-                    ax.annotate(SCORE_AXES.get(name, name), (0, 1), xytext=(0, 4 + 10 * lines), textcoords="offset points",
-                                xycoords="axes fraction", fontsize=FONT + 1, fontweight="bold", va="bottom")
+                    ax.annotate(SCORE_AXES.get(name, name), (0, 1), xytext=(0, 4 + 10 * lines),
+                                xycoords="axes fraction", textcoords="offset points", fontsize=FONT + 1,
+                                fontweight="bold", va="bottom")
     if image is not None:
         cax = fig.add_subplot(grid[:min(len(sites), 3), -1])
         bar_ = fig.colorbar(image, cax=cax, extend="both")

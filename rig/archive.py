@@ -45,14 +45,17 @@ def default_archive() -> Path:
     return Path(os.environ.get("RIG_ARCHIVE") or "sessions")
 
 
+def archive_option(root: str | os.PathLike) -> str:
+    """` --archive DIR` for a printed command about the archive `root`; '' when it is the default archive."""
+    root = Path(root)
+    return "" if root.resolve() == default_archive().resolve() else f" --archive {shlex.quote(str(root))}"
+
+
 def session_command(verb: str, path: str | os.PathLike, *extra: str) -> str:
     """`rig VERB ID [--archive DIR] EXTRA...`: a command about the session folder `path` that works as printed
     from here: it names the archive when the session is not in the default one (`extra` is appended as is)."""
     path = Path(path)
-    parts = ["rig", verb, shlex.quote(path.name)]
-    if path.parent.resolve() != default_archive().resolve():
-        parts += ["--archive", shlex.quote(str(path.parent))]
-    return " ".join(parts + list(extra))
+    return " ".join([f"rig {verb} {shlex.quote(path.name)}{archive_option(path.parent)}", *extra])
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -470,8 +473,8 @@ class Archive:
             shown = ", ".join(candidates[:10]) + (f" and {len(candidates) - 10} more" if len(candidates) > 10 else "")
             raise SessionNotFoundError(f"{ref!r} matches {len(candidates)} sessions ({shown}); give more of the id")
         near = difflib.get_close_matches(ref, names, n=3, cutoff=0.4)
-        archive = "" if self.root.resolve() == default_archive().resolve() else f" --archive {shlex.quote(str(self.root))}"
-        hint = f"; did you mean {', '.join(near)}?" if near else f"; list them with `rig ls{archive}`"
+        hint = (f"; did you mean {', '.join(near)}?" if near
+                else f"; list them with `rig ls{archive_option(self.root)}`")
         if not names:
             hint = f"; {self.root} holds no sessions (pass --archive DIR or set $RIG_ARCHIVE)"
         raise SessionNotFoundError(f"no session {ref!r} in {self.root}{hint}")

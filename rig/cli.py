@@ -68,7 +68,7 @@ def failure(error: Exception) -> tuple[str, int]:
         return (message if is_user_error(error) else " ".join(message.split())), code
     from .session import resume_advice
 
-    info = f"session {Path(where).name} failed at a step"
+    info = f"session {Path(where).name} failed"
     try:
         advice = resume_advice(where)
     except Exception:  # noqa: BLE001  (the session folder itself is unreadable: say what failed, at least)

@@ -98,7 +98,8 @@ def _page(title: str, body: str, refresh_s: int | None = None, base: Path | None
         # blocks every network fetch: the page must stand alone (images from files or data URIs only)
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data: file:;"
         " style-src 'unsafe-inline'\">"
-        f"{base_tag}{refresh}<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+        f"{base_tag}{refresh}<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
+        f"<body>\n{body}\n</body></html>\n"
     )
 
 

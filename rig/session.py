@@ -607,7 +607,7 @@ def _error_kind(error: BaseException) -> dict[str, Any]:
     from .errors import is_user_error
 
     out: dict[str, Any] = {"user_error": is_user_error(error) or isinstance(error, OSError)}
-    m = re.match(r"^\S+(?::[\d?]+| --set \S+): ((?:subject|stimuli|record|behaviour|analyse|perturb|compare)"
+    m = re.match(r"^.*?(?::[\d?]+| --set \S+): ((?:subject|stimuli|record|behaviour|analyse|perturb|compare)"
                  r"(?:\.\w+)*): ", str(error))
     if m:
         out["key"] = m.group(1)

@@ -201,8 +201,10 @@ def select_sites(subject: Any, patterns: Any, infos: list[SiteInfo] | None = Non
     names = [i.name for i in (infos if infos is not None else catalogue(subject))]
     for pattern in patterns:
         if not glob_match(names, pattern):
+            source, arch = getattr(subject, "source", None), getattr(subject, "arch", None)
+            model = f"{source}:{arch}" if arch else source if source not in (None, "factory") else "PROTOCOL"
             raise SiteError(f"site pattern {pattern!r} matches no site; nearest: {', '.join(_nearest(pattern, names))}"
-                            " (list them with `rig sites MODEL`)")
+                            f" (list them with `rig sites {model}`)")
     return glob_match(names, patterns)
 
 

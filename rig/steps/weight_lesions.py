@@ -45,7 +45,7 @@ class WeightLesions(Step):
             pre.fail(loc + ("towers",), f"{e}; set towers to those")
         if spec.modules is not None and not glob_match(modules, spec.modules):
             pre.fail(loc + ("modules",), f"{spec.modules} match no weighted module of the towers {spec.towers} "
-                     f"(e.g. {', '.join(modules[:4])}); `rig sites` lists the module names")
+                     f"(e.g. {', '.join(modules[:4])}); `rig sites {pre.source}` lists the module names")
         if getattr(pre.readout, "target", None) is None:
             pre.fail(("behaviour",), "weight lesions measure the probability of a target: set [behaviour] target")
 
@@ -60,7 +60,7 @@ class WeightLesions(Step):
             modules = glob_match(modules, spec.modules)
             if not modules:
                 raise SiteError(f"perturb.{spec.key}: modules {spec.modules} match no weighted module of the towers "
-                                f"{spec.towers}; `rig sites` lists the module names")
+                                f"{spec.towers}; `rig sites {ctx.layout.protocol_toml}` lists the module names")
         ds = weight_lesions(subject, first_stimuli(ctx.stimuli, spec.n_stimuli), ctx.readout, modules,
                             include_bias=spec.include_bias, batch_size=spec.batch_size,
                             rebuild_readout=ctx.new_readout, folder=ctx.scratch)
