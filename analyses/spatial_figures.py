@@ -23,7 +23,7 @@ SCORE_LABELS = {"spatial_information": "spatial info", "grid_score": "grid", "bo
 SCORE_AXES = {"spatial_information": "spatial information (bits/spike)", "grid_score": "grid score",
               "border_score": "border score"}
 FONT = 8  # pt: the smallest text of every figure
-PANEL_IN = 0.58  # inches per ratemap panel of `top_units_figure`
+PANEL_IN = 0.56  # inches per ratemap panel of `top_units_figure`
 Z_LIMIT = 3.0  # the colour scale of `top_units_figure` spans +-3 sd
 
 
@@ -69,7 +69,8 @@ def top_units_figure(maps: Mapping[str, np.ndarray], scores: Mapping[str, Mappin
         titles = {site: [t.replace(" ", "\n", 1) for t in ts] for site, ts in titles.items()}
     lines = max([t.count("\n") + 2 for ts in titles.values() for t in ts] or [2])  # name line(s) + the score
     gap, bar = 0.2, 0.15  # inches: between score groups, colour bar width
-    left, right, top, bottom = 0.8, 0.85, 0.55 + 0.13 * lines, 0.15
+    left = 0.2 + 0.062 * max([len(str(site)) for site in sites] or [0])  # the site names at 8 pt
+    right, top, bottom = 0.85, 0.55 + 0.13 * lines, 0.15
     row_gap = 0.05 + 0.135 * lines
     ratios = []
     for g in range(groups):
