@@ -95,8 +95,10 @@ class SpatialScores(Step):
         from scipy.stats import norm
 
         table = result.assign_coords(site=("cell", [short[s] for s in result["site"].values.astype(str)]))
+        shuffled = ("permutations of the stimulus positions" if spec.null == "permutation" else
+                    "circular shifts of the map; spatial information: permutations of the stimulus positions")
         null = (f" Grey: the shuffle null of the average site (each unit's null as a normal density from its "
-                f"null mean and sd over {spec.shuffles} shuffles of the stimulus positions); dashed: the median "
+                f"null mean and sd over up to {spec.shuffles} {shuffled}); dashed: the median "
                 f"over units of null mean + {norm.ppf(1 - spec.alpha):.2f} sd, the score a typical unit needs for "
                 f"p <= {spec.alpha:g} (each unit is tested against its own null); the title counts the units "
                 f"that reach it." if spec.shuffles > 0 else " No shuffles were run (shuffles = 0), so no null.")
