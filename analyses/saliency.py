@@ -340,14 +340,26 @@ SALIENCY_MODELS: dict[str, Callable[..., np.ndarray]] = {"itti_koch": itti_koch,
                                                           "spectral_residual": spectral_residual}
 
 
-def saliency_model(name: str, weights: str | Path | None = None, **options: Any) -> Callable[..., np.ndarray]:
-    """A saliency model by name: `itti_koch`, `spectral_residual`, or `deepgaze_iie` (needs `weights`, a local
-    `deepgaze2e.pth`)."""
+def saliency_model(name: str | Callable[..., np.ndarray], weights: str | Path | None = None,
+                   **options: Any) -> Callable[..., np.ndarray]:
+    """A saliency model `(B, 3, H, W) -> (B, H, W)`: by name (`itti_koch`, `spectral_residual`, or `deepgaze_iie`,
+    which needs `weights`, a local `deepgaze2e.pth`), as `"module:function"` (a model of your own), or a callable
+    (returned as is)."""
+    if callable(name):
+        return name
     if name == "deepgaze_iie":
         if weights is None:
             raise AnalysisInputError("saliency model deepgaze_iie needs weights = '<path to deepgaze2e.pth>'")
         return DeepGazeIIE(weights, **options)
+    if ":" in str(name):
+        import importlib
+
+        module, _, attr = str(name).partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise AnalysisInputError(f"saliency model {name!r} cannot be imported ({e})") from None
     if name not in SALIENCY_MODELS:
         raise AnalysisInputError(f"unknown saliency model {name!r}; choose from "
-                                 f"{', '.join([*SALIENCY_MODELS, 'deepgaze_iie'])}")
+                                 f"{', '.join([*SALIENCY_MODELS, 'deepgaze_iie'])} or 'module:function'")
     return SALIENCY_MODELS[name]

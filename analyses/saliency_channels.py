@@ -9,32 +9,15 @@ divided by 8: change of the map per px), in the study's order (map, d/dx, d/dy).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
 from .ratemaps import AnalysisInputError
+from .saliency import saliency_model
 
 CHANNELS = ("saliency", "dx", "dy")
-
-
-def saliency_model(saliency: str | Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """A saliency model `(B, 3, H, W) -> (B, H, W)`: a callable itself, `"module:function"`, or a name of
-    `analyses.saliency.saliency_model`."""
-    if callable(saliency):
-        return saliency
-    name = str(saliency)
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise AnalysisInputError(f"saliency model {name!r} cannot be imported ({e})") from None
-    from .saliency import saliency_model as by_name
-
-    return by_name(name)
 
 
 def saliency_maps(images: np.ndarray, saliency: str | Callable) -> np.ndarray:

@@ -30,7 +30,8 @@ class SaliencyInput:
 
     def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], model: str | Callable = "spectral_residual",
                  sigma: float = 5.0, channels: Sequence[str] = ("saliency", "dx", "dy")):
-        from analyses.saliency_channels import CHANNELS, saliency_model
+        from analyses.saliency import saliency_model
+        from analyses.saliency_channels import CHANNELS
 
         self.base, self.model, self.sigma, self.channels = base, model, float(sigma), tuple(channels)
         if not self.channels or any(c not in CHANNELS for c in self.channels):

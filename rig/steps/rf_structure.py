@@ -72,7 +72,7 @@ class RFStructure(Step):
                 pre.fail(loc + ("saliency",), "saliency = 'masks' needs stimuli with object masks (extras "
                          "'masks'); use a saliency model instead")
             return
-        from analyses.saliency_channels import saliency_model
+        from analyses.saliency import saliency_model
 
         try:
             saliency_model(spec.saliency)

@@ -36,7 +36,7 @@ class SaliencyChannels(Step):
     Settings = SaliencyChannelsSettings
 
     def check(self, spec: SaliencyChannelsSettings, pre: Any) -> None:
-        from analyses.saliency_channels import saliency_model
+        from analyses.saliency import saliency_model
 
         try:
             saliency_model(_settings(pre, spec)[0])
