@@ -216,6 +216,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["step", "status", "started", "finished", "seconds"],
         [[name, s.get("status"), s.get("started"), s.get("finished"), s.get("seconds")]
          for name, s in info.steps.items()])]
+    notes = [f"  {name}: {w}" for name, s in info.steps.items() for w in s.get("warnings") or []]
+    if notes:
+        out += ["", "notes (warnings the steps raised):", *notes]
     if info.headline:
         out += ["", "key results:", format_table(["result", "value"], list(info.headline.items()))]
     files = info.files

@@ -191,6 +191,10 @@ def session_report_html(info: SessionInfo, embed: bool = False, index_link: bool
     if info.headline:
         parts.append("<h2>Key results</h2>")
         parts.append(_table(["result", "value"], info.headline.items()))
+    notes = [(name, w) for name, s in info.steps.items() for w in s.get("warnings") or []]
+    if notes:
+        parts.append("<h2>Notes</h2>")
+        parts.append(_table(["step", "warning"], notes))
     if figures:
         parts.append("<h2>Figures</h2>")
         parts.append("<p class=\"muted\">By step, in the order the steps ran; each caption says what is "

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -477,7 +478,8 @@ class Runner:
                     log.info("step %s started", key)
                     self._say(f"[{number}/{len(keys)}] {key} ...")
                     t0 = time.perf_counter()
-                    done = run_step(ctx, planned)
+                    with self._warnings(key, log):
+                        done = run_step(ctx, planned)
                     seconds = round(time.perf_counter() - t0, 3)
                     self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=done.outputs,
                                figures=done.captions)
@@ -506,6 +508,22 @@ class Runner:
                 e.session_path = self.folder  # type: ignore[attr-defined]  (the CLI names the session)
                 raise
         return Session(self.folder)
+
+    @contextlib.contextmanager
+    def _warnings(self, key: str, log: logging.Logger) -> Iterator[None]:
+        """Collect the warnings a step raises (e.g. one per site), and pass each distinct one on once: to the log,
+        to the step's `warnings` in session.json (`rig show`), and as one `note:` line on stderr."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+                for note in notes:
+                    log.warning("step %s: %s", key, note)
+                    print(f"note ({key}): {note}", file=sys.stderr, flush=True)
+                if notes:
+                    self._step(key, warnings=notes)
 
     def _say(self, line: str) -> None:
         """One progress line on stderr per step (with progress on), beside the step's own progress bars."""

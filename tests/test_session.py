@@ -333,3 +333,19 @@ def test_subject_errors_name_the_setting_at_fault(tmp_path, old, new, key):
     with pytest.raises(RigError, match=rf"^{proto}:\d+: subject\.{key}: "):
         rig.run(proto, archive=tmp_path / "archive", progress=False)
     assert not (tmp_path / "archive").exists()
+
+
+def test_a_warning_raised_per_site_is_noted_once(tmp_path, capsys):
+    """Too few shuffles for the FDR correction at every site: spatial_scores says so once for all sites, and the
+    session passes it on once: one `note` line on stderr, in session.json, `rig show` and the report."""
+    text = PHANTOM.format(n=120, batch=64).replace("shuffles = 0", "shuffles = 3")
+    text = text[:text.index("[[perturb]]")]
+    (tmp_path / "p.toml").write_text(text)
+    s = rig.run(tmp_path / "p.toml", archive=tmp_path / "archive", progress=False)
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note (analyse/spatial_scores)")]
+    assert len(notes) == 1 and "too few for class_fdr" in notes[0], err
+    assert s.info["steps"]["analyse/spatial_scores"]["warnings"] == [notes[0].split(": ", 1)[1]]
+    shown = _cli("show", s.id, "--archive", str(tmp_path / "archive"))
+    assert "notes (warnings the steps raised)" in shown.stdout and "too few for class_fdr" in shown.stdout
+    assert "<h2>Notes</h2>" in (s.path / "report.html").read_text()

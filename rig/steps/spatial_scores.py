@@ -2,6 +2,7 @@
 shuffle nulls and a class per unit."""
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -59,14 +60,17 @@ class SpatialScores(Step):
         rm_spec = ctx.referenced(spec, "ratemaps").spec
         with ctx.recording() as rec, open_ratemaps(ctx.result_of(spec, "ratemaps")) as site_maps:
             occupancy = site_maps.dataset["occupancy"].values
-            per_site, maps_flat, scores_flat, names = [], {}, {}, {}
+            per_site, maps_flat, scores_flat, names, fdr_needed = [], {}, {}, {}, {}
             for site in site_maps:
                 maps = site_maps[site]
                 if spec.shuffles > 0:
-                    scores = analyses.spatial_nulls(
-                        rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
-                        n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null, stop_after=spec.stop_after or None,
-                        maps=maps, device=analysis_device(ctx))
+                    with warnings.catch_warnings():  # said once for all sites below
+                        warnings.filterwarnings("ignore", message=".*shuffles let a single unit pass")
+                        scores = analyses.spatial_nulls(
+                            rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
+                            n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null,
+                            stop_after=spec.stop_after or None, maps=maps, device=analysis_device(ctx))
+                    fdr_needed[site] = int(scores.attrs["fdr_shuffles_needed"])
                 else:
                     scores = xr.Dataset({
                         "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
@@ -78,6 +82,12 @@ class SpatialScores(Step):
                 scores_flat[site] = {k: flat[k].values for k in SCORES}
                 names[site] = unit_names(flat)
                 ctx.log.info("spatial scores %s: %d units", site, flat.sizes["cell"])
+        too_few = {site: n for site, n in fdr_needed.items() if n > spec.shuffles}
+        if too_few:
+            warnings.warn(f"{spec.shuffles} shuffles are too few for class_fdr (Benjamini-Hochberg over each site's "
+                          f"units) to pass a single unit at {len(too_few)} of {len(fdr_needed)} sites: that needs "
+                          f"{max(too_few.values())} shuffles (class, the per-unit test at alpha = {spec.alpha:g}, "
+                          "is unaffected)", stacklevel=2)
         result = xr.concat(per_site, dim="cell", join="outer", combine_attrs="drop_conflicts")
         result.attrs.update({"rate": spec.rate, "shuffles": spec.shuffles, "alpha": spec.alpha, "seed": spec.seed,
                              "ratemaps": rm_spec.key, "regress_out": list(rm_spec.regress_out), "null": spec.null})
