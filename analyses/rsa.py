@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import xarray as xr
@@ -207,15 +207,17 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     Each bootstrap sample draws `n` stimuli with replacement; the resampled RDM holds every pair of drawn
     stimuli except pairs of a stimulus with its own copy (their distance is 0 by construction, as rsatoolbox
     excludes them). That RDM is the original one with pair (k, l) counted `c_k c_l` times (`c`: how often each
-    stimulus was drawn), so Spearman and Pearson are computed as *weighted* statistics on the original pairs, in
-    O(n_pairs) per sample with the sort done once (weighted ranks = cumulative weights in the fixed order):
-    exactly the values of the explicitly resampled RDMs, without building them. Kendall's tau-a builds them.
+    stimulus was drawn), so Spearman and Pearson are computed as *weighted* statistics on the original pairs,
+    exactly the values of the explicitly resampled RDMs without building them: Spearman from weighted mid-ranks
+    (each RDM sorted once; a sample's ranks are a cumulative sum of its weights in that order, its rank variance
+    a closed form in the counts), Pearson from weighted sums; both for a batch of samples at once, O(n_pairs)
+    per sample. Kendall's tau-a builds the resampled RDMs (O(n_pairs log n_pairs) per sample).
 
     `a` `(k, n_pairs)` (or one RDM) is compared with each RDM of `b` on the same samples (paired: e.g. all sites
     of a network against one reference). Returns an `xr.Dataset` with dims `a`, `b`, `sample`: `estimate`
     (`compare_rdms` on all stimuli), `samples`, `ci_low`, `ci_high` (percentile interval at `level`), `se`.
-    Samples are drawn from one `seed` up front and computed in `workers` threads (default: one per CPU); the
-    result does not depend on `workers`.
+    Samples are drawn from one `seed` up front and computed in batches on `workers` threads (default: one per
+    CPU), each holding about `BOOT_BYTES` of ranks; the result does not depend on `workers`.
     """
     if method not in METHODS:
         raise AnalysisInputError(f"unknown RDM comparison {method!r}; choose from {', '.join(METHODS)}")
@@ -227,35 +229,39 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     sb, _ = as_rdms(b, "b")
     if sa.shape[1] != sb.shape[1]:
         raise AnalysisInputError("RDMs of different numbers of stimuli cannot be compared")
-    n = n_from_pairs(sa.shape[1])
+    n, n_bootstrap = n_from_pairs(sa.shape[1]), int(n_bootstrap)
     keep = ~(np.isnan(sa).any(axis=0) | np.isnan(sb).any(axis=0))
     sa, sb = sa[:, keep], sb[:, keep]
-    i_idx, j_idx = (v[keep] for v in np.triu_indices(n, 1))
-    draws = np.random.default_rng(seed).integers(0, n, (int(n_bootstrap), n))  # all samples drawn up front
+    i_all, j_all = np.triu_indices(n, 1)
+    draws = np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))  # all samples drawn up front
+    counts = np.bincount((draws + n * np.arange(n_bootstrap)[:, None]).ravel(), minlength=n_bootstrap * n)
+    counts = counts.reshape(n_bootstrap, n)  # how often each stimulus was drawn, per sample
+    workers = max(1, min(int(workers or os.cpu_count() or 1), n_bootstrap))
     if method == "kendall_tau_a":
-        def one(s: int) -> np.ndarray:
-            counts = np.bincount(draws[s], minlength=n)
-            rep = np.repeat(np.arange(len(i_idx)), counts[i_idx] * counts[j_idx])
-            return _compare_stacks(sa[:, rep], sb[:, rep], method)
-    else:
-        i_idx, j_idx = i_idx.astype(np.int32), j_idx.astype(np.int32)
-        if method == "spearman":
-            first = _Ordered(sa[0], i_idx, j_idx)  # its sorted order is the common order of the pairs
-            ordered = [first] + [_Ordered(v, i_idx, j_idx, first.order) for v in [*sa[1:], *sb]]
+        i_idx, j_idx = i_all[keep], j_all[keep]
 
         def one(s: int) -> np.ndarray:
-            counts = np.bincount(draws[s], minlength=n).astype(np.float64)
-            if method == "pearson":
-                return _weighted_pearson(sa, sb, counts[i_idx] * counts[j_idx])
-            ranks = [o.weighted_ranks(counts) for o in ordered]
-            x = np.stack([r for r, _ in ranks])
-            return _weighted_pearson(x[:len(sa)], x[len(sa):], ranks[0][1])
+            rep = np.repeat(np.arange(len(i_idx)), counts[s, i_idx] * counts[s, j_idx])
+            return _compare_stacks(sa[:, rep], sb[:, rep], method)
+        batches, run = [[s] for s in range(n_bootstrap)], lambda ss: one(ss[0])[None]
+        estimate = np.asarray(compare_rdms(sa, sb, method)).reshape(len(sa), len(sb))
+    else:
+        pairs = _Pairs(i_all, j_all, keep, n)
+        if method == "spearman":
+            run = _SpearmanBatch(sa, sb, pairs)
+            fits = BOOT_BYTES // (len(sb) * sa.shape[1] * run.itemsize)  # samples whose b ranks fit BOOT_BYTES
+            # a power of two, gathered rows of at most 32 bytes: numpy's fast take (~8x faster than for 64)
+            size = 1 << int(np.log2(np.clip(fits, 1, 32 // run.itemsize)))
+        else:
+            run, size = _PearsonBatch(sa, sb, pairs), 64
+        size = max(1, min(size, -(-n_bootstrap // workers)))
+        batches = [counts[lo:lo + size] for lo in range(0, n_bootstrap, size)]
+        estimate = run(np.ones((1, n), np.int64))[0]  # every stimulus once: compare_rdms, from the same sort
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max(1, min(int(workers or os.cpu_count() or 1), int(n_bootstrap)))) as pool:
-        samples = np.stack(list(pool.map(one, range(int(n_bootstrap)))))  # numpy releases the GIL
+    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy loops
+        samples = np.concatenate(list(pool.map(run, batches)))
     alpha = (1 - level) / 2
-    estimate = np.asarray(compare_rdms(sa, sb, method)).reshape(len(sa), len(sb))
     with warnings.catch_warnings():  # a constant site has no RSA: NaN intervals, quietly
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(samples, alpha, axis=0), np.nanquantile(samples, 1 - alpha, axis=0)
@@ -263,52 +269,168 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     return xr.Dataset(
         {"estimate": (("a", "b"), estimate), "samples": (("sample", "a", "b"), samples),
          "ci_low": (("a", "b"), low), "ci_high": (("a", "b"), high), "se": (("a", "b"), se)},
-        attrs={"method": method, "n_bootstrap": int(n_bootstrap), "level": level, "seed": int(seed),
+        attrs={"method": method, "n_bootstrap": n_bootstrap, "level": level, "seed": int(seed),
                "n_stimuli": n, "resampling": "stimuli with replacement; self-pairs of a drawn stimulus excluded"})
 
 
-class _Ordered:
-    """One RDM sorted once, for ranks under pair weights: a pair's weighted rank is the total weight of the
-    pairs below its tie group plus (its group's total weight + 1) / 2, the average rank of that group's copies.
-    The pairs' stimulus indices are kept in sorted order, so a sample's weights are gathered from the small
-    per-stimulus counts (cache-friendly); ranks are handed out in a `common` order of the pairs (one gather per
-    sample, none for the RDM whose own order is the common one)."""
+BOOT_BYTES = 192 << 20  # memory for the `b` RDMs' ranks of one batch of Spearman samples (per worker)
+CHUNK = 1 << 14  # pairs handled at once (cache-sized pieces of a batch)
 
-    def __init__(self, v: np.ndarray, i_idx: np.ndarray, j_idx: np.ndarray, common: np.ndarray | None = None):
-        self.order = np.argsort(v)
-        self.i, self.j = i_idx[self.order], j_idx[self.order]
+
+class _Pairs:
+    """The stimulus pairs `(i, j)`, `i < j`, left after NaN pairs are removed, and closed forms over them: a
+    sample's pair weights are `w = c_i c_j` for draw counts `c`, so their sums of powers are sums over stimuli
+    (minus the removed pairs)."""
+
+    def __init__(self, i_all: np.ndarray, j_all: np.ndarray, keep: np.ndarray, n: int):
+        small = np.int16 if n <= np.iinfo(np.int16).max else np.int32
+        self.i, self.j = i_all[keep].astype(small), j_all[keep].astype(small)
+        self.removed = (i_all[~keep], j_all[~keep])
+        self.dtype = np.int32 if n * n < 2 ** 31 else np.int64  # ranks (doubled, centred) are at most n^2 / 2
+
+    def weight_power_sums(self, counts: np.ndarray, power: int) -> np.ndarray:
+        """`(S,)` sums of `w^power` over the kept pairs for counts `(S, n)` (float64; exact for power 1)."""
+        c = counts.astype(np.int64) ** power
+        total = (c.sum(axis=1) ** 2 - (c ** 2).sum(axis=1)) // 2
+        ri, rj = self.removed
+        if ri.size:
+            total = total - (c[:, ri] * c[:, rj]).sum(axis=1)
+        return total if power == 1 else total.astype(np.float64)
+
+
+def _pair_weights(c: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """`(S, len(i))` weights `c[:, i] * c[:, j]` from counts `c` given as `(n, S)` (rows of a stimulus's counts
+    in all samples: one gather per pair instead of one per pair and sample)."""
+    w = np.take(c, i.astype(np.intp), axis=0)
+    w *= np.take(c, j.astype(np.intp), axis=0)
+    return np.ascontiguousarray(w.T)
+
+
+class _SortedRDM:
+    """One RDM's pairs sorted once by value, for the weighted mid-ranks of a batch of samples.
+
+    A sample's weighted rank is doubled and centred: `r = 2 R - (W + 1)` = (weight below) - (weight above), an
+    integer. Without ties it is `2 cumsum(w) - w - W` in sorted order; a pair in a tie group of total weight
+    `W_g` gets `r + W_g - 2 (weight of its group up to and including it) + w`, computed on the tied pairs only.
+    `to_common`: where each sorted pair sits in the common order of the batch (None: this order is it)."""
+
+    def __init__(self, v: np.ndarray, pairs: _Pairs, common: np.ndarray | None = None):
+        self.order = np.argsort(v)  # any order within a tie group
+        self.i, self.j = pairs.i[self.order], pairs.j[self.order]
         sv = v[self.order]
-        self.group = np.cumsum(np.r_[True, sv[1:] != sv[:-1]]) - 1  # tie group of each sorted pair
-        self.ties = self.group[-1] + 1 < v.size
-        if common is None:
-            self.to_common = None  # this RDM's sorted order is the common order
-        else:
-            where = np.empty_like(self.order)
-            where[self.order] = np.arange(v.size)
-            self.to_common = where[common]
+        new = np.r_[True, sv[1:] != sv[:-1]]
+        starts = np.flatnonzero(new)
+        size = np.diff(np.r_[starts, v.size])
+        self.tied = np.flatnonzero(np.repeat(size > 1, size))  # sorted positions of pairs in a tie group
+        self.tie_starts = np.flatnonzero(new[self.tied])  # where each tie group begins among `tied`
+        self.tie_group = np.cumsum(new[self.tied]) - 1
+        self.to_common = None
+        if common is not None:
+            where = np.empty(v.size, np.int64)
+            where[common] = np.arange(v.size)
+            self.to_common = where[self.order].astype(np.int32 if v.size < 2 ** 31 else np.int64)
 
-    def weighted_ranks(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`(ranks in the common order, weights in this RDM's sorted order)` for stimulus draw counts `(n,)`."""
-        ws = counts[self.i] * counts[self.j]
-        if self.ties:
-            totals = np.bincount(self.group, weights=ws)
-            below = np.cumsum(totals) - totals
-            rs = below[self.group] + (totals[self.group] + 1) / 2
-        else:
-            rs = np.cumsum(ws) - (ws - 1) / 2
-        return (rs if self.to_common is None else rs[self.to_common]), ws
+    def ranks(self, c: np.ndarray, total: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, Iterator]:
+        """`(variance, pieces)` for draw counts `c` `(n, S)` (int) with total weights `total` `(S,)` and `base` =
+        `W^3 - sum(w^3)` over all kept pairs: `variance` `(S,)` is the sum of `w r^2` (a closed form, float64);
+        `pieces` yields `(lo, hi, w, r)` for consecutive pieces `[lo, hi)` of the sorted pairs, their weights and
+        doubled centred ranks `(S, hi - lo)`."""
+        t = self.tied
+        delta = None
+        variance = base.copy()
+        if t.size:  # tie groups: corrections on the tied pairs only
+            wt = _pair_weights(c, self.i[t], self.j[t])
+            within = np.cumsum(wt, axis=1, dtype=wt.dtype)
+            within -= (within[:, self.tie_starts] - wt[:, self.tie_starts])[:, self.tie_group]
+            group_total = np.add.reduceat(wt, self.tie_starts, axis=1)
+            delta = group_total[:, self.tie_group] - 2 * within + wt
+            variance += (wt.astype(np.float64) ** 3).sum(axis=1) - (group_total.astype(np.float64) ** 3).sum(axis=1)
+        # sum over all copies of (2 rank - W - 1)^2 with mid-ranks: (W^3 - W - sum over groups (W_g^3 - W_g)) / 3
+        return variance / 3, self._pieces(c, total, delta)
+
+    def _pieces(self, c: np.ndarray, total: np.ndarray, delta: np.ndarray | None) -> Iterator:
+        t = self.tied
+        carry = np.zeros((c.shape[1], 1), c.dtype)
+        for lo in range(0, self.i.size, CHUNK):
+            hi = min(lo + CHUNK, self.i.size)
+            w = _pair_weights(c, self.i[lo:hi], self.j[lo:hi])
+            r = np.cumsum(w, axis=1, dtype=c.dtype)  # same dtype: an upcasting cumsum is ~10x slower
+            r += carry
+            carry = r[:, -1:].copy()
+            r *= 2
+            r -= w
+            r -= total[:, None]
+            if delta is not None:
+                a, b = np.searchsorted(t, (lo, hi))
+                r[:, t[a:b] - lo] += delta[:, a:b]
+            yield lo, hi, w, r
 
 
-def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted Pearson r between every row of a `(k, P)` and of b `(m, P)` with pair weights `w` `(P,)`."""
-    total = w.sum()
-    aw, bw = a * w, b * w
-    ma, mb = aw.sum(axis=1) / total, bw.sum(axis=1) / total
-    cov = aw @ b.T - total * np.outer(ma, mb)
-    va = np.einsum("ij,ij->i", aw, a) - total * ma ** 2
-    vb = np.einsum("ij,ij->i", bw, b) - total * mb ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / np.sqrt(np.outer(va, vb))
+class _SpearmanBatch:
+    """Spearman rho of every RDM of `sa` with every RDM of `sb` on a batch of bootstrap samples: weighted
+    Pearson r of the weighted mid-ranks. The ranks of `sb` are kept for the batch in the common order (the
+    sorted order of `sb[0]`); each RDM of `sa` then runs once through its own order, gathering them."""
+
+    def __init__(self, sa: np.ndarray, sb: np.ndarray, pairs: _Pairs):
+        self.pairs, self.itemsize = pairs, np.dtype(pairs.dtype).itemsize
+        self.b = [_SortedRDM(sb[0], pairs)]
+        self.b += [_SortedRDM(v, pairs, self.b[0].order) for v in sb[1:]]
+        self.a = [_SortedRDM(v, pairs, self.b[0].order) for v in sa]
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """`(S, k, m)` rho for draw counts `(S, n)`."""
+        c = np.ascontiguousarray(counts.T, self.pairs.dtype)  # (n, S)
+        total = self.pairs.weight_power_sums(counts, 1)
+        base = total.astype(np.float64) ** 3 - self.pairs.weight_power_sums(counts, 3)
+        total = total.astype(c.dtype)
+        n_pairs = self.a[0].i.size
+        n_samples = len(counts)
+        ranks_b = np.empty((len(self.b), n_pairs, n_samples), c.dtype)  # (m, pair in common order, sample)
+        var_b = np.empty((n_samples, len(self.b)))
+        for k, rdm_b in enumerate(self.b):
+            var_b[:, k], pieces = rdm_b.ranks(c, total, base)
+            for lo, hi, _, r in pieces:
+                ranks_b[k, slice(lo, hi) if rdm_b.to_common is None else rdm_b.to_common[lo:hi]] = r.T
+        cross = np.zeros((n_samples, len(self.a), len(self.b)))
+        var_a = np.empty((n_samples, len(self.a)))
+        for k, rdm_a in enumerate(self.a):
+            var_a[:, k], pieces = rdm_a.ranks(c, total, base)
+            for lo, hi, w, r in pieces:
+                wr = np.multiply(w, r, dtype=np.float64)
+                where = rdm_a.to_common[lo:hi].astype(np.intp)
+                for m in range(len(self.b)):
+                    cross[:, k, m] += np.einsum("sl,ls->s", wr, np.take(ranks_b[m], where, axis=0).astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cross / np.sqrt(var_a[:, :, None] * var_b[:, None, :])
+
+
+class _PearsonBatch:
+    """Pearson r of every RDM of `sa` with every RDM of `sb` on a batch of bootstrap samples: weighted sums over
+    the pairs as matrix products with the batch's weights, piece by piece (values centred once, for precision)."""
+
+    def __init__(self, sa: np.ndarray, sb: np.ndarray, pairs: _Pairs):
+        self.pairs = pairs
+        self.x = sa - sa.mean(axis=1, keepdims=True)
+        self.y = sb - sb.mean(axis=1, keepdims=True)
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """`(S, k, m)` r for draw counts `(S, n)`."""
+        c = np.ascontiguousarray(counts.T, np.float64)  # (n, S)
+        x, y, k, m = self.x, self.y, len(self.x), len(self.y)
+        sums = np.zeros((len(counts), 2 * k + 2 * m + k * m))
+        for lo in range(0, x.shape[1], CHUNK):
+            hi = min(lo + CHUNK, x.shape[1])
+            w = _pair_weights(c, self.pairs.i[lo:hi], self.pairs.j[lo:hi])
+            xs, ys = x[:, lo:hi], y[:, lo:hi]
+            terms = np.concatenate([xs, ys, xs ** 2, ys ** 2, (xs[:, None] * ys[None]).reshape(k * m, -1)])
+            sums += w @ terms.T
+        total = self.pairs.weight_power_sums(counts, 1).astype(np.float64)[:, None]
+        sx, sy, sxx, syy = np.split(sums[:, :2 * k + 2 * m], np.cumsum([k, m, k]), axis=1)
+        sxy = sums[:, 2 * k + 2 * m:].reshape(-1, k, m)
+        cov = sxy - sx[:, :, None] * sy[:, None, :] / total[:, :, None]
+        var_x, var_y = sxx - sx ** 2 / total, syy - sy ** 2 / total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cov / np.sqrt(var_x[:, :, None] * var_y[:, None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -136,6 +136,52 @@ def test_bootstrap_equals_explicit_resampling(method):
     assert float(res["estimate"][0, 0]) == pytest.approx(analyses.compare_rdms(a, b, method))
 
 
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+def test_bootstrap_in_pieces_with_ties_and_nan_equals_explicit_resampling(method, monkeypatch):
+    """Stacks on both sides, many ties in every RDM (groups across piece boundaries), a constant RDM, NaN pairs:
+    every sample equals compare_rdms on the explicitly resampled RDMs to 1e-10, whatever the workers."""
+    monkeypatch.setattr("analyses.rsa.CHUNK", 7)
+    n, rng = 17, np.random.default_rng(5)
+    a = np.stack([np.round(analyses.rdm(features(n=n, seed=s)), d) for s, d in ((1, 1), (2, 2), (3, 0))])
+    a[2] = 0.5  # a constant RDM (e.g. a CLS token that never changes): no rank correlation
+    b = np.stack([np.round(analyses.rdm(features(n=n, seed=1) + features(n=n, seed=4)), 1),
+                  rng.integers(0, 3, a.shape[1]).astype(float)])
+    b[1, [3, 40]] = np.nan
+    keep = ~np.isnan(b).any(axis=0)
+    res = bootstrap_compare(a, b, method=method, n_bootstrap=12, seed=4, workers=1)
+    again = bootstrap_compare(a, b, method=method, n_bootstrap=12, seed=4, workers=3)
+    np.testing.assert_array_equal(res["samples"].values, again["samples"].values)
+    draws = np.random.default_rng(4).integers(0, n, (12, n))
+    for s in range(12):
+        counts = np.bincount(draws[s], minlength=n)
+        for k in range(3):
+            for m in range(2):
+                x = explicit_resample(np.where(keep, a[k], np.nan), counts)
+                y = explicit_resample(np.where(keep, b[m], np.nan), counts)
+                got = float(res["samples"][s, k, m])
+                if k == 2:
+                    assert np.isnan(got)
+                else:
+                    assert got == pytest.approx(analyses.compare_rdms(x, y, method), abs=1e-10)
+    # pairs NaN in any RDM are left out of every comparison (the samples must be paired)
+    np.testing.assert_allclose(res["estimate"].values, analyses.compare_rdms(a[:, keep], b[:, keep], method),
+                               atol=1e-12)
+
+
+def test_bootstrap_samples_match_rsatoolbox():
+    """A sample's Spearman rho equals rsatoolbox's on the same resampled stimuli (its subsample_pattern drops
+    the pairs of a stimulus with its own copy, as we do)."""
+    n = 14
+    a = analyses.rdm(features(n=n, seed=21))
+    b = np.round(analyses.rdm(features(n=n, seed=21) + features(n=n, seed=22)), 1)
+    res = bootstrap_compare(a, b, n_bootstrap=4, seed=6)
+    both = rsatoolbox.rdm.RDMs(np.stack([a, b]), pattern_descriptors={"index": np.arange(n)})
+    for s, idx in enumerate(np.random.default_rng(6).integers(0, n, (4, n))):
+        v = both.subsample_pattern("index", idx).get_vectors()
+        expected = rsatoolbox.rdm.compare(rsatoolbox.rdm.RDMs(v[:1]), rsatoolbox.rdm.RDMs(v[1:]), "spearman")
+        assert float(res["samples"][s, 0, 0]) == pytest.approx(float(expected[0, 0]), abs=1e-10)
+
+
 def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_stimuli():
     widths = []
     for n in (20, 80):
