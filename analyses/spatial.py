@@ -284,37 +284,58 @@ def _reconstruct(seed: np.ndarray, mask: np.ndarray, conn8: bool = False) -> np.
 
 
 def _quantize(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """uint8 array like `fmap`: how many of the descending `thresholds` t satisfy fmap >= peak * t (exactly
-    that comparison; 0 where fmap is -inf or peak is not positive). `peak` broadcasts against `fmap`."""
+    """uint8 array like maps `fmap` (..., b): how many of the descending `thresholds` t satisfy fmap >= peak * t
+    (exactly that comparison; 0 where fmap is -inf or the map's peak (b,) is not positive and finite). The
+    thresholds are distinct multiples of 0.01 (checked): a table indexed by floor(100 fmap / peak) gives the
+    count up to one step where a value is within round-off of a threshold, and the exact product comparison
+    with the neighbouring thresholds fixes that step (no search per bin)."""
     k = thresholds.size
-    p = peak
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = np.searchsorted(thresholds[::-1], fmap / p, side="right")
-    q = np.where(np.isfinite(fmap) & (p > 0) & np.isfinite(p), q, 0)
-    t_ext = np.concatenate([[-np.inf], thresholds[::-1], [np.inf]])  # t_ext[q] = the highest passed
-    # the ratio can round across a threshold: fix by the exact product comparison (at most one step)
-    with np.errstate(invalid="ignore"):
-        q = q - ((q > 0) & ~(fmap >= p * t_ext[q]))
-        q = q + ((q < k) & (fmap >= p * t_ext[q + 1]) & (p > 0))
-    return q.astype(np.uint8)
+    lut, t_ext = _quantize_tables(tuple(thresholds))
+    p = np.asarray(peak, dtype=np.float64)
+    ok = np.isfinite(p) & (p > 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        u = fmap * np.where(ok, 100.0 / np.where(ok, p, 1.0), 0.0)
+        np.fmax(u, -1.0, out=u)  # also NaN (-inf * 0) -> -1
+        np.fmin(u, 101.0, out=u)
+        u += 1.0
+        q = np.take(lut, u.astype(np.intp))
+        q -= (q > 0) & ~(fmap >= p * np.take(t_ext, q))  # t_ext[q]: the highest threshold counted
+        q += (q < k) & (fmap >= p * np.take(t_ext, q + 1))
+    q[..., ~ok] = 0
+    return q
+
+
+@functools.lru_cache(maxsize=4)
+def _quantize_tables(thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """For `_quantize`: lut[u + 1] = how many thresholds are <= u / 100 (u = -1..101), and the ascending
+    thresholds between -inf and inf."""
+    t_asc = np.asarray(thresholds[::-1], dtype=np.float64)
+    cents = np.round(t_asc * 100)
+    if not (np.allclose(cents, t_asc * 100, rtol=0, atol=1e-9) and (np.diff(cents) > 0).all()):
+        raise ValueError("_quantize needs distinct descending thresholds on a 0.01 grid")
+    lut = np.searchsorted(cents, np.arange(-1, 102), side="right").astype(np.uint8)
+    return lut, np.concatenate([[-np.inf], t_asc, [np.inf]])
 
 
 def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For maps `fmap` (h, w, b), peaks (b,) and descending `thresholds` (K,): the area of the centre field
     (the 4-connected component of {fmap >= peak * t} holding the centre bin, (ceil(h/2) - 1, ceil(w/2) - 1))
     at every threshold and whether it encloses a hole (bins outside it not 4-connected to the border through
-    bins outside it, as `ndimage.binary_fill_holes`): (b, K) float areas and (b, K) bools.
+    bins outside it, as `ndimage.binary_fill_holes`): (b, K) float areas and (b, K) bools. See `_level_steps`."""
+    return _level_steps(_quantize(fmap, peak, thresholds), thresholds.size)
 
-    The maps are quantised to q = how many thresholds a bin passes; `level` (the highest q at which a bin is
-    4-connected to the centre: reconstruction by dilation from the centre) and `escape` (the lowest level at
-    which a bin still reaches the border through lower levels: reconstruction by erosion from the border)
-    give every threshold at once: a bin passes thresholds[j] iff q >= K - j, so the field at thresholds[j] is
-    {level >= K - j} and a hole bin has level < K - j <= escape; both are counted for all thresholds with one
+
+def _level_steps(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_field_steps` of maps quantised to q = how many of k descending thresholds a bin passes (uint8 (h, w, b),
+    `_quantize`): a bin passes thresholds[j] iff q >= k - j.
+
+    `level` (the highest q at which a bin is 4-connected to the centre: reconstruction by dilation from the
+    centre) and `escape` (the lowest level at which a bin still reaches the border through lower levels:
+    reconstruction by erosion from the border) give every threshold at once: the field at thresholds[j] is
+    {level >= k - j} and a hole bin has level < k - j <= escape; both are counted for all thresholds with one
     bincount per block."""
-    h, w, b = fmap.shape
+    h, w, b = q.shape
     ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
-    k = thresholds.size
-    q = _quantize(fmap, peak, thresholds)
     seed = np.zeros_like(q)
     seed[ch, cw] = q[ch, cw]
     level = _reconstruct(seed, q)
@@ -336,6 +357,38 @@ def _field_steps(fmap: np.ndarray, peak: np.ndarray, thresholds: np.ndarray) -> 
     return area, holes
 
 
+def _opened_centre(a: np.ndarray, window: int = 5) -> np.ndarray:
+    """The value at the centre bin of the opening by reconstruction of maps `a` (h, w, b) (marker: erosion by
+    the 4-neighbour cross, 8-connected reconstruction), exactly, mostly from a (2 window + 1)^2 window.
+
+    The opening is at least the marker e at the centre c; a path giving more stays in the 8-connected component
+    K of c in {a > e(c)}. Where K does not reach a window edge inside the map, every such path lies in the window
+    and the window's reconstruction is exact there; the other maps are reconstructed whole."""
+    h, w, b = a.shape
+    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
+    y0, y1, x0, x1 = max(ch - window, 0), min(ch + window + 1, h), max(cw - window, 0), min(cw + window + 1, w)
+    # the marker inside the window needs the map one bin beyond it
+    my0, mx0 = max(y0 - 1, 0), max(x0 - 1, 0)
+    marker = _erode_cross(a[my0:min(y1 + 1, h), mx0:min(x1 + 1, w)])[y0 - my0:y1 - my0, x0 - mx0:x1 - mx0]
+    win = a[y0:y1, x0:x1]
+    cy, cx = ch - y0, cw - x0
+    peak = _reconstruct(marker, win, conn8=True)[cy, cx]
+    above = (win > marker[cy, cx]).astype(np.uint8)
+    seed = np.zeros_like(above)
+    seed[cy, cx] = above[cy, cx]
+    comp = _reconstruct(seed, above, conn8=True)
+    edges = [comp[0] if y0 > 0 else None, comp[-1] if y1 < h else None,
+             comp[:, 0] if x0 > 0 else None, comp[:, -1] if x1 < w else None]
+    leaks = np.zeros(b, dtype=bool)
+    for e in edges:
+        if e is not None:
+            leaks |= e.any(axis=0)
+    if leaks.any():
+        full = a[..., leaks]
+        peak[leaks] = _reconstruct(_erode_cross(full), full, conn8=True)[ch, cw]
+    return peak
+
+
 def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
     """Radius (bins, float; NaN when no field) of the centre field of (b, h, w) autocorrelograms, as opexebo's
     `grid_score._findCentreRadius`: adaptive-threshold `place_field` around the centre (init_thresh 0.95,
@@ -343,18 +396,20 @@ def _centre_field_radius(acorr: np.ndarray) -> np.ndarray:
 
     The adaptive threshold walks 0.95, 0.93, ..., 0.2 of the peak and stops before the field's 4-connected
     area jumps to >= 3x the initial growth ratio or the field encloses a hole, or after 10 steps without
-    change. Areas and holes at all thresholds come from `_field_steps` (no labelling per threshold); the walk
-    itself is `_adaptive_area`, vectorised over maps.
+    change. Only which thresholds a bin of the opened map passes matters, and opening by reconstruction (min
+    and max along paths) commutes with any non-decreasing map of the values: so the peak (the opened map's
+    centre, `_opened_centre`) is found first, the autocorrelogram is quantised to the thresholds it passes
+    (`_quantize`, uint8) and opened in uint8, exactly as the float map would be. Areas and holes at all
+    thresholds come from `_level_steps` (no labelling per threshold); the walk itself is `_adaptive_area`,
+    vectorised over maps.
     Knowingly different: where opexebo's field is already invalid at 0.95/0.93 (a hole), it retries at higher
     thresholds; this returns NaN (rare: a hole next to the peak of an autocorrelogram).
     """
-    b, h, w = acorr.shape
-    ch, cw = int(np.ceil(h / 2)) - 1, int(np.ceil(w / 2)) - 1
     a = np.ascontiguousarray(np.moveaxis(acorr, 0, -1))
-    # opening by reconstruction: marker = erosion by disk(1) (reflect borders), 8-connected reconstruction
-    fmap = _reconstruct(np.minimum(_erode_cross(a), a), a, conn8=True)
-    peak = fmap[ch, cw].copy()
-    area, holes = _field_steps(fmap, peak, _EXPAND_THRESHOLDS)
+    peak = _opened_centre(a)
+    q = _quantize(a, peak, _EXPAND_THRESHOLDS)
+    opened = _reconstruct(_erode_cross(q), q, conn8=True)
+    area, holes = _level_steps(opened, _EXPAND_THRESHOLDS.size)
     result = _adaptive_area(area, holes, ~np.isfinite(peak) | (peak <= 0))
     with np.errstate(invalid="ignore"):
         result[result < 5] = np.nan

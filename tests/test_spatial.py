@@ -186,3 +186,32 @@ def test_centre_field_steps_equal_labelling_per_threshold():
             field = lab == lab[12, 12]
             assert area[i, j] == field.sum(), (i, t)
             assert holes[i, j] == (ndimage.binary_fill_holes(field) != field).any(), (i, t)
+
+
+def test_opened_centre_equals_opening_of_the_whole_map():
+    """The centre of the opening by reconstruction from a window (with the whole-map fallback where the centre's
+    component leaves the window) equals the whole map's opening, on narrow and broad centre peaks."""
+    from analyses.spatial import _erode_cross, _opened_centre, _reconstruct
+    a = np.moveaxis(_smooth_fields(80, (25, 27), seed=8), 0, -1).copy()
+    a[:, :, ::9] = -np.inf  # unvisited lags
+    a[12, 13] = np.linspace(-0.5, 2.0, a.shape[-1])  # centre below, at and above its surroundings
+    full = _reconstruct(_erode_cross(a), a, conn8=True)[12, 13]
+    for window in (1, 3, 5, 30):
+        np.testing.assert_array_equal(_opened_centre(a, window=window), full)
+
+
+def test_quantize_is_the_exact_threshold_count_at_ties():
+    from analyses.spatial import _EXPAND_THRESHOLDS as T, _quantize
+    rng = np.random.default_rng(9)
+    fmap = rng.uniform(-0.5, 1.2, (9, 9, 40))
+    peak = rng.uniform(0.2, 1.0, 40)
+    peak[:3] = (0.0, -1.0, np.nan)
+    t = T[rng.integers(0, T.size, 300)]
+    i = rng.integers(0, 40, 300)
+    y, x = rng.integers(0, 9, (2, 300))
+    fmap[y, x, i] = np.nextafter(peak[i] * t, peak[i] * t + rng.choice([-1.0, 0.0, 1.0], 300))  # at / next to ties
+    fmap[::4, ::3] = -np.inf
+    with np.errstate(invalid="ignore"):
+        expected = (fmap[..., None] >= peak[:, None] * T).sum(-1)
+    expected[..., :3] = 0
+    np.testing.assert_array_equal(_quantize(fmap, peak, T), expected)
