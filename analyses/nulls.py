@@ -47,7 +47,7 @@ import xarray as xr
 from analyses.backend import on_device, to_numpy
 from analyses.ratemaps import (CHUNK_UNITS, RATES, AnalysisInputError, bin_sums, regression_basis, residualise, stimulus_bins,
                                sums_to_maps)
-from analyses.spatial import border_score, grid_score, spatial_stats
+from analyses.spatial import border_score, grid_score, resolve_workers, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
 CLASSES = ("none", "spatial", "grid", "border")
@@ -59,13 +59,13 @@ SHAPE_SCORES = ("grid_score", "border_score")
 TIE = 1e-9
 
 
-def _score(name: str, maps: Any, occupancy: np.ndarray, rate: str) -> np.ndarray:
+def _score(name: str, maps: Any, occupancy: np.ndarray, rate: str, workers: int | None) -> np.ndarray:
     if name == "spatial_information":
         return to_numpy(spatial_stats(maps, occupancy, rate=rate)["information_content"])
     if name == "grid_score":
-        return to_numpy(grid_score(maps))
+        return to_numpy(grid_score(maps, workers=workers))
     if name == "border_score":
-        return to_numpy(border_score(maps))
+        return to_numpy(border_score(maps, workers=workers))
     raise AnalysisInputError(f"unknown score {name!r}; choose from {SCORES}")
 
 
@@ -198,7 +198,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
                   smoothing: float | None = 1.0, rate: str = "robust", alpha: float = 0.05,
                   scores: Sequence[str] = SCORES, min_occupancy: int = 1, block_units: int = 2048,
                   regress_out: Any = None, null: str = "permutation", stop_after: Any = "auto", group: int = 8,
-                  device: str | None = None, maps: Any = None) -> xr.Dataset:
+                  device: str | None = None, maps: Any = None, workers: int | None = None) -> xr.Dataset:
     """Scores, shuffle p-values, classes and FDR-controlled classes for every unit of `responses`
     (stimulus, other dims...): see the module docstring for the nulls, the sequential stop and what a class is.
 
@@ -212,6 +212,8 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     matching how the recorder chunks a recording (all tokens x 16 units). p = (1 + #{null >= observed}) / (1 + n_shuffles) for units
     that run all shuffles, h / l for units stopped after l (`stop_after`: `stop_count`); NaN where the observed
     score is NaN; a NaN null score counts as not beating it. device: None = numpy; "cpu" / "cuda" = torch.
+    `workers`: threads scoring blocks of maps (grid and border scores; None = one per available core); the
+    result does not depend on it.
 
     Returns a Dataset over the unit dims with, per score, `<score>`, `<score>_p`, `<score>_q` (Benjamini-Hochberg
     over the units here, `fdr_adjust`), `<score>_null_mean`, `<score>_null_sd`, `<score>_shuffles` (shuffles
@@ -223,6 +225,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     """
     flat, shape, extent = stimulus_bins(responses, x, y, bins, extent)
     _check(n_shuffles, scores, rate, null)
+    resolve_workers(workers)
     h = stop_count(stop_after, alpha, n_shuffles)
     basis, covariates = regression_basis(responses, regress_out)
     resp = responses.transpose("stimulus", ...)
@@ -251,7 +254,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
         sums = bin_sums(vals, flat, n_bins)
         observed = sums_to_maps(sums, occupancy, shape, min_occupancy, smoothing) if given is None else \
             on_device(given[sl], device)
-        block = {k: _Tally(_score(k, observed, occupancy.reshape(shape), rate), h) for k in scores}
+        block = {k: _Tally(_score(k, observed, occupancy.reshape(shape), rate, workers), h) for k in scores}
         for g0 in range(0, n_shuffles, group):
             idx = np.arange(g0, min(g0 + group, n_shuffles))
             running = {k: t.running() for k, t in block.items()}
@@ -274,8 +277,8 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
                     continue
                 pick = np.flatnonzero(running[k][cols])
                 sub = gmaps[:, pick] if len(pick) < len(cols) else gmaps
-                null_scores = _score(k, _flat3(sub), occupancy.reshape(shape), rate).reshape(len(idx), pick.size)
-                tally.add(cols[pick], null_scores)
+                null_scores = _score(k, _flat3(sub), occupancy.reshape(shape), rate, workers)
+                tally.add(cols[pick], null_scores.reshape(len(idx), pick.size))
         for k in scores:
             tallies[k].append(block[k])
     return _result(tallies, n_shuffles, alpha, resp, order, other, lead, dict(

@@ -17,7 +17,9 @@ Where these functions knowingly differ from opexebo it is said in their docstrin
 from __future__ import annotations
 
 import functools
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +33,7 @@ from analyses.ratemaps import AnalysisInputError, rate_transform
 MapsLike = Any  # np.ndarray | xr.DataArray, last two axes (y, x)
 
 GRID_ANGLES = (30, 60, 90, 120, 150)  # degrees, counter-clockwise as skimage.transform.rotate
+_ACORR_BLOCK = 64  # maps per batch of autocorrelograms and of ring sums in `grid_score`: arrays stay in cache
 _EXPAND_THRESHOLDS = np.round(np.linspace(0.95, 0.2, int((0.95 - 0.2) / 0.02) + 1), 2)
 
 
@@ -57,12 +60,35 @@ def _wrap(values: Any, lead: tuple[int, ...], template: xr.DataArray | None, nam
     return xr.DataArray(out, dims=dims, coords=coords, name=name, attrs=dict(attrs or {}))
 
 
-def _blocked(fn: Callable[[np.ndarray], np.ndarray], stack: np.ndarray, block_size: int) -> np.ndarray:
-    """Apply `fn` (block (b, H, W) -> (b,)) over blocks of maps."""
+def _blocked(fn: Callable[[Any], np.ndarray], stack: Any, block_size: int, workers: int | None = 1) -> np.ndarray:
+    """Apply `fn` (block (b, H, W) -> (b,)) over blocks of at most `block_size` maps, in `workers` threads (None:
+    one per available core; smaller blocks when there are fewer than `workers` full ones). `fn` must give each
+    map the same value whichever block holds it (the scores here do, bit for bit): then `workers` does not change
+    the result."""
+    n = resolve_workers(workers)
+    size = max(1, min(block_size, -(-stack.shape[0] // n)))
+    starts = range(0, stack.shape[0], size)
     out = np.empty(stack.shape[0], dtype=np.float64)
-    for start in range(0, stack.shape[0], max(1, block_size)):
-        out[start:start + block_size] = fn(stack[start:start + block_size])
+
+    def run(start: int) -> None:
+        out[start:start + size] = fn(stack[start:start + size])
+
+    if min(n, len(starts)) <= 1:
+        for start in starts:
+            run(start)
+    else:
+        with ThreadPoolExecutor(min(n, len(starts))) as pool:
+            list(pool.map(run, starts))
     return out
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Threads for `workers`: None = the cores this process may use; at least 1."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if int(workers) != workers or workers < 1:
+        raise AnalysisInputError(f"workers must be a positive integer or None, got {workers!r}")
+    return int(workers)
 
 
 # ------------------------------------------------------------------------------------ Skaggs statistics
@@ -140,14 +166,15 @@ def selectivity(ratemap: MapsLike, occupancy: MapsLike, rate: str = "none") -> n
 
 
 # ----------------------------------------------------------------------------------- autocorrelogram
-def _corr_fft(shape: tuple[int, int], lags: tuple[int, int], like: Any) -> tuple[Callable, Callable]:
+def _corr_fft(shape: tuple[int, int], lags: tuple[int, int], like: Any,
+              workers: int = -1) -> tuple[Callable, Callable]:
     """FFT helpers for correlations of (H, W) maps at lags |dy| <= lags[0], |dx| <= lags[1] (< H, W): FFT
     sizes >= H + lag (the smallest without wrap-around at those lags), fast lengths. Batched over leading
-    axes, in the namespace of `like` (scipy.fft with all cores for numpy, the backend's fft otherwise)."""
+    axes, in the namespace of `like` (scipy.fft with `workers` threads (-1: all cores) for numpy, the backend's
+    fft otherwise)."""
     xp = namespace(like)
     fshape = tuple(sp_fft.next_fast_len(n + lag, real=True) for n, lag in zip(shape, lags))
-    iy, ix = (asarray(np.arange(-lag, lag + 1) % f, like=like, dtype=xp.int64) for lag, f in zip(lags, fshape))
-    extra = {"workers": -1} if is_numpy(xp) else {}
+    extra = {"workers": workers} if is_numpy(xp) else {}
     fft = sp_fft if is_numpy(xp) else xp.fft
 
     def fwd(a: Any) -> Any:
@@ -156,7 +183,11 @@ def _corr_fft(shape: tuple[int, int], lags: tuple[int, int], like: Any) -> tuple
     def corr(fa: Any, fb: Any) -> Any:
         """(..., 2 lags[0] + 1, 2 lags[1] + 1): out[lag + lags] = sum_p a(p) b(p + lag)."""
         c = fft.irfftn(xp.conj(fa) * fb, s=fshape, axes=(-2, -1), **extra)
-        return xp.take(xp.take(c, iy, axis=-2), ix, axis=-1)
+        for axis, lag in ((-2, lags[0]), (-1, lags[1])):  # lags -lag..-1 wrap around to the end
+            neg, pos = [slice(None)] * c.ndim, [slice(None)] * c.ndim
+            neg[axis], pos[axis] = slice(c.shape[axis] - lag, None), slice(0, lag + 1)
+            c = xp.concat([c[tuple(neg)], c[tuple(pos)]], axis=axis)
+        return c
 
     return fwd, corr
 
@@ -174,7 +205,7 @@ def _crop_slices(shape: tuple[int, int], overlap: float = 0.8) -> tuple[slice, s
     return out[0], out[1]
 
 
-def _autocorr_block(maps: Any, nan: str, crop: bool) -> Any:
+def _autocorr_block(maps: Any, nan: str, crop: bool, workers: int = -1) -> Any:
     xp = namespace(maps)
     h, w = maps.shape[-2:]
     x = xp.asarray(maps, dtype=xp.float64, copy=True) if is_numpy(xp) else maps
@@ -189,7 +220,7 @@ def _autocorr_block(maps: Any, nan: str, crop: bool) -> Any:
     shared = bool(xp.all(valid == valid[:1]))
     m = xp.astype(valid[:1] if shared else valid, x.dtype)
     lags = tuple((s.stop - s.start) // 2 for s in _crop_slices((h, w))) if crop else (h - 1, w - 1)
-    fwd, corr = _corr_fft((h, w), lags, x)
+    fwd, corr = _corr_fft((h, w), lags, x, workers)
     fx, fm, fx2 = fwd(x), fwd(m), fwd(x * x)
     n = xp.round(corr(fm, fm))
     sa, saa = corr(fx, fm), corr(fx2, fm)  # sums over the pairs' first member; the second is the lag flip
@@ -250,12 +281,10 @@ def _sweep(v: np.ndarray, m: np.ndarray, axis: int, conn8: bool) -> None:
     for first, last, step in ((1, n, 1), (n - 2, -1, -1)):
         for i in range(first, last, step):
             prev, cur = at(i - step), at(i)
-            if conn8:
-                wide = prev.copy()
-                np.maximum(wide[1:], prev[:-1], out=wide[1:])
-                np.maximum(wide[:-1], prev[1:], out=wide[:-1])
-                prev = wide
             np.maximum(cur, prev, out=cur)
+            if conn8:  # and the previous slice's diagonal neighbours
+                np.maximum(cur[1:], prev[:-1], out=cur[1:])
+                np.maximum(cur[:-1], prev[1:], out=cur[:-1])
             np.minimum(cur, mt(i), out=cur)
 
 
@@ -344,15 +373,14 @@ def _level_steps(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     seed = np.zeros_like(inv)
     for sl in (0, -1, (slice(None), 0), (slice(None), -1)):
         seed[sl] = inv[sl]
-    escape = k - _reconstruct(seed, inv).astype(np.int64)
-    lv = level.reshape(h * w, b).astype(np.int64)
-    es = escape.reshape(h * w, b)
-    offs = np.arange(b) * (k + 2)
-    count = np.bincount((lv + offs).ravel(), minlength=b * (k + 2)).reshape(b, k + 2)
+    escape = (k - _reconstruct(seed, inv)).astype(np.uint8)
+    lv, es = level.ravel(), escape.ravel()  # bin-major, map-minor
+    offs = np.arange(b, dtype=np.intp) * (k + 2)
+    count = np.bincount((level.reshape(h * w, b) + offs).ravel(), minlength=b * (k + 2)).reshape(b, k + 2)
     area = count[:, ::-1].cumsum(1)[:, ::-1][:, k:0:-1].astype(np.float64)  # #{level >= k - j}
-    hole = es > lv  # hole bin for k - j in (level, escape]: +1 at level + 1, -1 at escape + 1
-    diff = np.bincount((lv + 1 + offs)[hole], minlength=b * (k + 2)) - \
-        np.bincount((es + 1 + offs)[hole], minlength=b * (k + 2))
+    hole = np.flatnonzero(es > lv)  # hole bin for k - j in (level, escape]: +1 at level + 1, -1 at escape + 1
+    at = offs[hole % b] + 1
+    diff = np.bincount(lv[hole] + at, minlength=b * (k + 2)) - np.bincount(es[hole] + at, minlength=b * (k + 2))
     holes = diff.reshape(b, k + 2).cumsum(1)[:, k:0:-1] > 0
     return area, holes
 
@@ -500,10 +528,19 @@ def _rotation_gather(shape: tuple[int, int], angles: tuple[int, ...]) -> tuple[n
 
 
 def _grid_block(acorr: np.ndarray) -> np.ndarray:
-    b, h, w = acorr.shape
+    """Grid scores of (b, h, w) autocorrelograms: the centre-field search for the whole block (vectorised over
+    maps), the ring correlations in cache-sized parts."""
     with np.errstate(invalid="ignore", divide="ignore"):
         acorr = acorr / acorr.max(axis=(1, 2), keepdims=True)
     radius = _centre_field_radius(np.nan_to_num(acorr, nan=-np.inf))
+    parts = [_ring_scores(acorr[s:s + _ACORR_BLOCK], radius[s:s + _ACORR_BLOCK])
+             for s in range(0, acorr.shape[0], _ACORR_BLOCK)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _ring_scores(acorr: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Gridness of peak-normalised (b, h, w) autocorrelograms with centre-field radii (b,) (`grid_score`)."""
+    b, h, w = acorr.shape
     outer = int(np.floor(min(h, w) / 2))
     order, shells, n_shell, rotate, per_shell = _ring_geometry(h, w)
     n_rot = len(GRID_ANGLES)
@@ -513,9 +550,11 @@ def _grid_block(acorr: np.ndarray) -> np.ndarray:
 
     def cum(a: np.ndarray) -> np.ndarray:
         """Cumulative per-shell sums with a leading zero: (P', b) -> (b, S+1); (P', A, b) -> (b, A, S+1)."""
-        c = np.cumsum((per_shell @ a.reshape(a.shape[0], -1)).reshape((-1,) + a.shape[1:]), axis=0)
-        c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
-        return c.T
+        sums = per_shell @ a.reshape(a.shape[0], -1)  # (S, ...)
+        c = np.zeros((sums.shape[0] + 1,) + sums.shape[1:])
+        for i, row in enumerate(sums):  # = np.cumsum(axis=0), which is many times slower along axis 0
+            np.add(c[i], row, out=c[i + 1])
+        return c.reshape((-1,) + a.shape[1:]).T
 
     cx, cxx = cum(x), cum(x * x)
     cy, cyy, cxy = cum(rot), cum(rot * rot), cum(x[:, None] * rot)
@@ -569,7 +608,8 @@ def _grid_block(acorr: np.ndarray) -> np.ndarray:
     return score
 
 
-def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 256) -> np.ndarray | xr.DataArray:
+def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 512,
+               workers: int | None = None) -> np.ndarray | xr.DataArray:
     """Gridness score per map (BNT / opexebo 0.7 definition), in [-2, 2]; NaN where undefined.
 
     Autocorrelogram (`autocorrelogram`, cropped to ~80% overlap) normalised to its peak; centre-field radius
@@ -580,18 +620,26 @@ def grid_score(ratemap: MapsLike, nan: str = "exclude", block_size: int = 256) -
     the best 3-radius moving average (over the first n_radii - 3 windows, as opexebo; the mean of all when
     that leaves one window or fewer). The rotations are one sparse product for a block of maps and annulus
     sums come from per-distance-shell sums (another sparse product) and cumulative sums, so all maps and radii
-    are vectorised; `block_size` maps at a time (~0.3 MB each). About 0.65 ms CPU per 28 x 28 map
-    (`bench/spatial.py`). NaN for all-NaN, constant or too small maps, and when no centre
-    field is found. `nan` is passed to `autocorrelogram` ("zero" reproduces opexebo on maps with holes).
+    are vectorised; `block_size` maps at a time (~0.1 MB each), autocorrelograms and ring sums in parts of
+    64 that stay in cache. Blocks run in `workers` threads (None: one per available core; FFTs single-threaded
+    inside them); the result does not depend on `workers` or `block_size`. About 0.3 ms CPU per 28 x 28 map (`bench/grid_speed.py`). NaN
+    for all-NaN, constant or too small maps, and when no centre field is found. `nan` is passed to
+    `autocorrelogram` ("zero" reproduces opexebo on maps with holes).
     """
     stack, lead, template = _split(ratemap)
+
 
     def block(maps: Any) -> np.ndarray:
         if min(maps.shape[-2:]) < 3:
             return np.full(maps.shape[0], np.nan)
-        return _grid_block(to_numpy(_autocorr_block(maps, nan, crop=True)))
+        # autocorrelograms in cache-sized parts (their FFTs and per-lag arithmetic), the field search and
+        # rings on the whole block (vectorised over maps, less Python per map)
+        acorr = [to_numpy(_autocorr_block(maps[s:s + _ACORR_BLOCK], nan, True, workers=1))
+                 for s in range(0, maps.shape[0], _ACORR_BLOCK)]
+        return _grid_block(np.concatenate(acorr))
 
-    return _wrap(asarray(_blocked(block, stack, block_size), like=stack), lead, template, "grid_score", {"nan": nan})
+    return _wrap(asarray(_blocked(block, stack, block_size, workers), like=stack), lead, template, "grid_score",
+                 {"nan": nan})
 
 
 # --------------------------------------------------------------------------------------- border score
@@ -633,7 +681,7 @@ def border_fields(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5) 
 
 
 def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, search_width: int = 8,
-                 block_size: int = 2048) -> np.ndarray | xr.DataArray:
+                 block_size: int = 2048, workers: int | None = None) -> np.ndarray | xr.DataArray:
     """Border score (Solstad et al. 2008) per map: (cM - dm) / (cM + dm), in [-1, 1]; NaN where undefined.
 
     Rates are the map minus its minimum (baseline 0). Fields: `border_fields` (connected regions >= threshold
@@ -642,7 +690,8 @@ def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, s
     bin inward within `search_width` bins (and is left out when there is none), as opexebo. dm: the mean
     distance of field bins to the nearest wall, weighted by rate, over all fields, with opexebo's distance
     (taxicab distance to outside the map: 1 for wall bins) normalised by half the shorter side.
-    Maps without a field (all-NaN, constant) give NaN (opexebo gives -1 when handed no field).
+    Maps without a field (all-NaN, constant) give NaN (opexebo gives -1 when handed no field). Blocks of
+    `block_size` maps run in `workers` threads (None: one per available core); the result does not depend on it.
     """
     stack, lead, template = _split(ratemap)
 
@@ -674,7 +723,7 @@ def border_score(ratemap: MapsLike, threshold: float = 0.3, min_bins: int = 5, s
             score = (cover - dm) / (cover + dm)
         return np.where(has_field, score, np.nan)
 
-    return _wrap(asarray(_blocked(block, stack, block_size), like=stack), lead, template, "border_score",
+    return _wrap(asarray(_blocked(block, stack, block_size, workers), like=stack), lead, template, "border_score",
                  {"threshold": threshold, "min_bins": min_bins})
 
 

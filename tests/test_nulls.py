@@ -65,6 +65,17 @@ def test_p_value_formula_and_classify_rule():
         spatial_nulls(resp, rate="log", scores=("grid_score",))
     with pytest.raises(AnalysisInputError, match="no stimulus position lies inside extent"):
         spatial_nulls(resp, extent=(1000, 1100, 1000, 1100))
+    with pytest.raises(AnalysisInputError, match="workers must be a positive integer"):
+        spatial_nulls(resp, workers=0)
+
+
+def test_nulls_do_not_depend_on_workers():
+    """Scoring blocks in 1, 2 or 3 threads gives identical scores, p-values, null moments and classes."""
+    resp, _ = _planted(n=800)
+    kw = dict(n_shuffles=9, seed=2, bins=12, block_units=4)
+    one = spatial_nulls(resp, workers=1, **kw)
+    for workers in (2, 3):
+        xr.testing.assert_identical(spatial_nulls(resp, workers=workers, **kw), one)
 
 
 def _size_confounded(n=1000, canvas=224, n_size_units=24, seed=1):

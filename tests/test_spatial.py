@@ -215,3 +215,15 @@ def test_quantize_is_the_exact_threshold_count_at_ties():
         expected = (fmap[..., None] >= peak[:, None] * T).sum(-1)
     expected[..., :3] = 0
     np.testing.assert_array_equal(_quantize(fmap, peak, T), expected)
+
+
+def test_scores_do_not_depend_on_workers_or_blocks():
+    """Each map's grid and border score is the same bit for bit whichever block holds it and however many
+    threads score the blocks."""
+    maps = _smooth_fields(70, (20, 20), seed=10)
+    maps[::4, 3:5, 6:9] = np.nan  # blocks with and without a shared visited mask
+    for score in (grid_score, border_score):
+        one = score(maps, workers=1)
+        assert np.isfinite(one).sum() > 50
+        for kw in (dict(workers=2), dict(workers=3, block_size=7), dict(workers=1, block_size=1)):
+            np.testing.assert_array_equal(score(maps, **kw), one)

@@ -33,6 +33,8 @@ class SpatialScoresSettings(StepSettings):
         "score; 'auto' = the smallest that calls exactly the units the full test calls; 0 = run every shuffle")
     top_k: int = Field(5, gt=0, description="units per score shown in the figure")
     seed: int = 0
+    workers: int | None = Field(None, ge=1, description="threads scoring blocks of maps (grid and border scores); "
+                                "default: one per available core; the results do not depend on it")
 
 
 def short_site(site: str) -> str:
@@ -69,13 +71,14 @@ class SpatialScores(Step):
                         scores = analyses.spatial_nulls(
                             rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
                             n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null,
-                            stop_after=spec.stop_after or None, maps=maps, device=analysis_device(ctx))
+                            stop_after=spec.stop_after or None, maps=maps, device=analysis_device(ctx),
+                            workers=spec.workers)
                     fdr_needed[site] = int(scores.attrs["fdr_shuffles_needed"])
                 else:
                     scores = xr.Dataset({
                         "spatial_information": analyses.spatial_information(maps, occupancy, rate=spec.rate),
-                        "grid_score": analyses.grid_score(maps),
-                        "border_score": analyses.border_score(maps)})
+                        "grid_score": analyses.grid_score(maps, workers=spec.workers),
+                        "border_score": analyses.border_score(maps, workers=spec.workers)})
                 flat = unit_table(scores, site)
                 per_site.append(flat)
                 maps_flat[site] = units_first(maps, (Y_BIN, X_BIN)).values
