@@ -47,7 +47,7 @@ import xarray as xr
 from analyses.backend import on_device, to_numpy
 from analyses.ratemaps import (CHUNK_UNITS, RATES, AnalysisInputError, bin_sums, regression_basis, residualise, stimulus_bins,
                                sums_to_maps)
-from analyses.spatial import border_score, grid_score, resolve_workers, spatial_stats
+from analyses.spatial import _blocked, border_score, grid_score, resolve_workers, spatial_stats
 
 SCORES = ("spatial_information", "grid_score", "border_score")
 CLASSES = ("none", "spatial", "grid", "border")
@@ -61,7 +61,10 @@ TIE = 1e-9
 
 def _score(name: str, maps: Any, occupancy: np.ndarray, rate: str, workers: int | None) -> np.ndarray:
     if name == "spatial_information":
-        return to_numpy(spatial_stats(maps, occupancy, rate=rate)["information_content"])
+        def info(block: Any) -> Any:
+            return to_numpy(spatial_stats(block, occupancy, rate=rate)["information_content"])
+
+        return _blocked(info, maps, 2048, workers) if isinstance(maps, np.ndarray) else info(maps)
     if name == "grid_score":
         return to_numpy(grid_score(maps, workers=workers))
     if name == "border_score":

@@ -52,12 +52,16 @@ def rate_transform(maps: Any, rate: str) -> Any:
         if rate == "shift":
             low = xp.min(high, axis=(-2, -1), keepdims=True)
         else:
-            flat = xp.sort(xp.reshape(high, high.shape[:-2] + (-1,)), axis=-1)
+            flat = xp.reshape(high, high.shape[:-2] + (-1,))
             count = xp.sum(xp.astype(xp.reshape(finite, flat.shape), xp.int64), axis=-1, keepdims=True)
             rank = xp.astype(xp.floor(ROBUST_PERCENTILE / 100 * xp.astype(xp.clip(count - 1, min=0), maps.dtype)),
                              xp.int64)
-            hit = xp.arange(flat.shape[-1], device=_device(maps))[None, ...] == rank
-            low = xp.sum(xp.where(hit, flat, xp.zeros_like(flat)), axis=-1)[..., None, None]
+            if is_numpy(xp) and flat.size and (rank == rank.flat[0]).all():  # one rank: select, do not sort
+                low = np.partition(flat, int(rank.flat[0]), axis=-1)[..., int(rank.flat[0])][..., None, None]
+            else:
+                flat = xp.sort(flat, axis=-1)
+                hit = xp.arange(flat.shape[-1], device=_device(maps)) == rank
+                low = xp.sum(xp.where(hit, flat, xp.zeros_like(flat)), axis=-1)[..., None, None]
         low = xp.where(xp.isfinite(low), low, xp.zeros_like(low))
         shifted = maps - low
         if rate == "robust":

@@ -74,6 +74,17 @@ def test_rate_transforms():
     assert np.nanmin(ds.ratemap.values, axis=(-2, -1)) == pytest.approx(0.0) and ds.attrs["rate"] == "shift"
 
 
+def test_robust_rate_is_the_lower_5th_percentile_of_visited_bins():
+    """Maps with one visited count (selection) and with several (sort) alike; a single map keeps its shape."""
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(6, 9, 7))
+    maps[:, 0, 0] = np.nan
+    for m in (maps, np.where(rng.random(maps.shape) < 0.3, np.nan, maps)):
+        low = np.nanpercentile(m, 5, axis=(-2, -1), method="lower", keepdims=True)
+        np.testing.assert_array_equal(rate_transform(m, "robust"), np.clip(m - low, 0, None))
+        assert rate_transform(m[0], "robust").shape == (9, 7)
+
+
 def test_binning_edges_and_outside():
     flat, shape = bin_positions(np.array([0, 223.9, 224, 225, -1]), np.array([0, 0, 224, 0, 0]), 4, (0, 224, 0, 224))
     assert shape == (4, 4)
