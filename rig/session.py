@@ -477,12 +477,12 @@ class Runner:
                     self._step(key, status="running", started=now_iso())
                     log.info("step %s started", key)
                     self._say(f"[{number}/{len(keys)}] {key} ...")
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     with self._warnings(key, log):
                         done = run_step(ctx, planned)
                     seconds = round(time.perf_counter() - t0, 3)
                     self._step(key, status="done", finished=now_iso(), seconds=seconds, outputs=done.outputs,
-                               figures=done.captions)
+                               figures=done.captions, cpu_seconds=round(time.process_time() - c0, 3))
                     log.info("step %s done in %.1f s", key, seconds)
                     self._say(f"[{number}/{len(keys)}] {key} done in {seconds:.1f} s")
                     current = None
