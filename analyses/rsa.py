@@ -249,7 +249,7 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
         pairs = _Pairs(i_all, j_all, keep, n)
         if method == "spearman":
             run = _SpearmanBatch(sa, sb, pairs)
-            fits = BOOT_BYTES // (len(sb) * sa.shape[1] * run.itemsize)  # samples whose b ranks fit BOOT_BYTES
+            fits = BOOT_BYTES // max(1, len(sb) * sa.shape[1] * run.itemsize)  # samples whose b ranks fit
             # a power of two, gathered rows of at most 32 bytes: numpy's fast take (~8x faster than for 64)
             size = 1 << int(np.log2(np.clip(fits, 1, 32 // run.itemsize)))
         else:
@@ -410,8 +410,7 @@ class _PearsonBatch:
 
     def __init__(self, sa: np.ndarray, sb: np.ndarray, pairs: _Pairs):
         self.pairs = pairs
-        self.x = sa - sa.mean(axis=1, keepdims=True)
-        self.y = sb - sb.mean(axis=1, keepdims=True)
+        self.x, self.y = (v - v.mean(axis=1, keepdims=True) if v.size else v for v in (sa, sb))
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """`(S, k, m)` r for draw counts `(S, n)`."""
@@ -427,9 +426,9 @@ class _PearsonBatch:
         total = self.pairs.weight_power_sums(counts, 1).astype(np.float64)[:, None]
         sx, sy, sxx, syy = np.split(sums[:, :2 * k + 2 * m], np.cumsum([k, m, k]), axis=1)
         sxy = sums[:, 2 * k + 2 * m:].reshape(-1, k, m)
-        cov = sxy - sx[:, :, None] * sy[:, None, :] / total[:, :, None]
-        var_x, var_y = sxx - sx ** 2 / total, syy - sy ** 2 / total
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):  # no pair left (total 0): NaN
+            cov = sxy - sx[:, :, None] * sy[:, None, :] / total[:, :, None]
+            var_x, var_y = sxx - sx ** 2 / total, syy - sy ** 2 / total
             return cov / np.sqrt(var_x[:, :, None] * var_y[:, None, :])
 
 

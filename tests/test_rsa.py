@@ -168,6 +168,14 @@ def test_bootstrap_in_pieces_with_ties_and_nan_equals_explicit_resampling(method
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+def test_bootstrap_without_defined_pairs_is_nan(method):
+    """A site whose every pattern is zero has no cosine distance at all: its NaN pairs leave no pair to compare."""
+    a = np.stack([analyses.rdm(features(n=9)), np.full(36, np.nan)])
+    res = bootstrap_compare(a, analyses.rdm(features(n=9, seed=1)), method=method, n_bootstrap=3)
+    assert res["samples"].shape == (3, 2, 1) and np.isnan(res["samples"]).all() and np.isnan(res["estimate"]).all()
+
+
 def test_bootstrap_samples_match_rsatoolbox():
     """A sample's Spearman rho equals rsatoolbox's on the same resampled stimuli (its subsample_pattern drops
     the pairs of a stimulus with its own copy, as we do)."""
