@@ -227,3 +227,13 @@ def test_scores_do_not_depend_on_workers_or_blocks():
         assert np.isfinite(one).sum() > 50
         for kw in (dict(workers=2), dict(workers=3, block_size=7), dict(workers=1, block_size=1)):
             np.testing.assert_array_equal(score(maps, **kw), one)
+
+
+def test_grid_score_warns_of_nothing_in_threads():
+    """Undefined ring correlations give NaN without a RuntimeWarning (a warnings filter is not thread-safe)."""
+    import warnings
+    maps = _smooth_fields(40, (20, 20), seed=11)
+    maps[:, :, :3] = 1.0  # flat strips: some rings have no variance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid_score(maps, workers=2, block_size=8)
