@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -305,7 +305,6 @@ class _Source:
         """Per-node coordinates: subject/site (when named), and each node dim's index and 1-D coordinates."""
         if not self.parts:
             return {}
-        cols: dict[str, list[np.ndarray]] = {}
         sizes = [p.n for p in self.parts]
         per_part = []
         for p in self.parts:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import netCDF4
-import numpy as np
 import pytest
 import xarray as xr
 
