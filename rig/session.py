@@ -637,8 +637,8 @@ def _sigterm_raises() -> Iterator[dict[str, int | None]]:
     """Turn SIGTERM into `SessionInterrupted` in the main thread, so the session is marked interrupted.
 
     Python swallows (and prints) an exception raised while it runs a finalizer, e.g. a weakref callback; such a
-    swallowed interruption is delivered again (`_thread.interrupt_main`) instead of being printed. The signal
-    is also recorded in the yielded dict, which the runner checks at every step boundary.
+    swallowed interruption is delivered again (`_thread.interrupt_main`, from a timer thread) instead of being
+    printed. The signal is also recorded in the yielded dict, which the runner checks at every step boundary.
     """
     import _thread
 
@@ -653,7 +653,9 @@ def _sigterm_raises() -> Iterator[dict[str, int | None]]:
 
     def unraisable(info: Any) -> None:
         if isinstance(info.exc_value, SessionInterrupted):
-            _thread.interrupt_main(signal.SIGTERM)
+            # delivered again from another thread a moment later: called here, the handler would run inside
+            # this hook, whose exception Python swallows too (and prints with a traceback)
+            threading.Timer(0.05, _thread.interrupt_main, (signal.SIGTERM,)).start()
         else:
             previous_hook(info)
 

@@ -348,3 +348,19 @@ def test_a_warning_raised_per_site_is_noted_once(tmp_path, capsys):
     shown = _cli("show", s.id, "--archive", str(tmp_path / "archive"))
     assert "notes (warnings the steps raised)" in shown.stdout and "too few for class_fdr" in shown.stdout
     assert "<h2>Notes</h2>" in (s.path / "report.html").read_text()
+
+
+def test_an_interruption_swallowed_by_a_finalizer_is_delivered_again(capfd):
+    """SIGTERM during a finalizer: Python swallows the handler's exception and calls the unraisable hook, which
+    delivers the interruption to the main thread again, after the hook, with nothing printed."""
+    from rig.session import SessionInterrupted, _sigterm_raises
+
+    class Dying:
+        def __del__(self):
+            raise SessionInterrupted("signal 15")
+
+    with pytest.raises(SessionInterrupted):
+        with _sigterm_raises():
+            Dying()  # its __del__ raises: swallowed, passed to sys.unraisablehook
+            time.sleep(5)
+    assert "Exception ignored" not in capfd.readouterr().err
