@@ -236,6 +236,8 @@ def start(proto: Protocol, text: str | None, source: str, archive: str | os.Path
             **(sweep or {})}
     try:
         layout.folder.mkdir(parents=True)
+        if on_created is not None:  # e.g. a sweep claims the folder for its point before it looks like a session
+            on_created(layout.folder)
         if text is not None:
             write_text(layout.protocol_toml, text)
         write_json(layout.resolved, proto.resolved())
@@ -243,8 +245,6 @@ def start(proto: Protocol, text: str | None, source: str, archive: str | os.Path
             write_json(layout.overrides, list(overrides))
         write_json(layout.provenance, provenance.collect(proto))
         write_json(layout.session_json, info)  # last: a folder without it is no session
-        if on_created is not None:
-            on_created(layout.folder)
     except OSError as e:  # e.g. the disk filled up: leave nothing half-made behind
         import shutil
 
