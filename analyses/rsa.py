@@ -214,7 +214,8 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     per sample. Kendall's tau-a builds the resampled RDMs (O(n_pairs log n_pairs) per sample).
 
     `a` `(k, n_pairs)` (or one RDM) is compared with each RDM of `b` on the same samples (paired: e.g. all sites
-    of a network against one reference). Returns an `xr.Dataset` with dims `a`, `b`, `sample`: `estimate`
+    of a network against one reference). NaN pairs are left out: those of an RDM of `a` from its own
+    comparisons only, those of `b` from all. Returns an `xr.Dataset` with dims `a`, `b`, `sample`: `estimate`
     (`compare_rdms` on all stimuli), `samples`, `ci_low`, `ci_high` (percentile interval at `level`), `se`.
     Samples are drawn from one `seed` up front and computed in batches on `workers` threads (default: one per
     CPU), each holding about `BOOT_BYTES` of ranks; the result does not depend on `workers`.
@@ -230,6 +231,14 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     if sa.shape[1] != sb.shape[1]:
         raise AnalysisInputError("RDMs of different numbers of stimuli cannot be compared")
     n, n_bootstrap = n_from_pairs(sa.shape[1]), int(n_bootstrap)
+    groups: dict[bytes, list[int]] = {}
+    for k, row in enumerate(np.isnan(sa)):
+        groups.setdefault(np.packbits(row).tobytes(), []).append(k)
+    if len(groups) > 1:  # RDMs of `a` with different NaN pairs are resampled apart, on the same samples: a pair
+        # NaN in one of them (e.g. a site with patterns of norm 0) must not leave the comparisons of the others
+        order = [k for idx in groups.values() for k in idx]
+        parts = [bootstrap_compare(sa[idx], sb, method, n_bootstrap, level, seed, workers) for idx in groups.values()]
+        return xr.concat(parts, "a", combine_attrs="override").isel(a=np.argsort(order))
     keep = ~(np.isnan(sa).any(axis=0) | np.isnan(sb).any(axis=0))
     sa, sb = sa[:, keep], sb[:, keep]
     i_all, j_all = np.triu_indices(n, 1)

@@ -170,10 +170,18 @@ def test_bootstrap_in_pieces_with_ties_and_nan_equals_explicit_resampling(method
 
 @pytest.mark.parametrize("method", ["spearman", "pearson"])
 def test_bootstrap_without_defined_pairs_is_nan(method):
-    """A site whose every pattern is zero has no cosine distance at all: its NaN pairs leave no pair to compare."""
-    a = np.stack([analyses.rdm(features(n=9)), np.full(36, np.nan)])
-    res = bootstrap_compare(a, analyses.rdm(features(n=9, seed=1)), method=method, n_bootstrap=3)
-    assert res["samples"].shape == (3, 2, 1) and np.isnan(res["samples"]).all() and np.isnan(res["estimate"]).all()
+    """A site whose every pattern is zero has no cosine distance at all: its NaN pairs leave no pair to compare,
+    and cost the other sites of the stack nothing (each is resampled on its own defined pairs, same samples)."""
+    good, partly = analyses.rdm(features(n=9)), analyses.rdm(features(n=9, seed=2))
+    partly[[0, 5, 7]] = np.nan
+    a, ref = np.stack([good, np.full(36, np.nan), partly]), analyses.rdm(features(n=9, seed=1))
+    res = bootstrap_compare(a, ref, method=method, n_bootstrap=3)
+    assert res["samples"].shape == (3, 3, 1) and np.isnan(res["samples"][:, 1]).all()
+    assert np.isnan(res["estimate"][1]).all()
+    for k, alone in ((0, good), (2, partly)):
+        one = bootstrap_compare(alone, ref, method=method, n_bootstrap=3)
+        np.testing.assert_array_equal(res["samples"][:, k], one["samples"][:, 0])
+        np.testing.assert_array_equal(res["ci_low"][k], one["ci_low"][0])
 
 
 def test_bootstrap_samples_match_rsatoolbox():
