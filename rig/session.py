@@ -512,7 +512,8 @@ class Runner:
     @contextlib.contextmanager
     def _warnings(self, key: str, log: logging.Logger) -> Iterator[None]:
         """Collect the warnings a step raises (e.g. one per site), and pass each distinct one on once: to the log,
-        to the step's `warnings` in session.json (`rig show`), and as one `note:` line on stderr."""
+        to the step's `warnings` in session.json (`rig show`, the report) and, with progress on, as one `note:`
+        line on stderr."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -521,7 +522,7 @@ class Runner:
                 notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
                 for note in notes:
                     log.warning("step %s: %s", key, note)
-                    print(f"note ({key}): {note}", file=sys.stderr, flush=True)
+                    self._say(f"note ({key}): {note}")
                 if notes:
                     self._step(key, warnings=notes)
 

@@ -336,11 +336,14 @@ def test_subject_errors_name_the_setting_at_fault(tmp_path, old, new, key):
 
 def test_a_warning_raised_per_site_is_noted_once(tmp_path, capsys):
     """Too few shuffles for the FDR correction at every site: spatial_scores says so once for all sites, and the
-    session passes it on once: one `note` line on stderr, in session.json, `rig show` and the report."""
+    session passes it on once: one `note` line on stderr (with progress on), in session.json, `rig show` and the
+    report."""
     text = PHANTOM.format(n=120, batch=64).replace("shuffles = 0", "shuffles = 3")
     text = text[:text.index("[[perturb]]")]
     (tmp_path / "p.toml").write_text(text)
-    s = rig.run(tmp_path / "p.toml", archive=tmp_path / "archive", progress=False)
+    quiet = rig.run(tmp_path / "p.toml", archive=tmp_path / "quiet", progress=False)
+    assert "note (" not in capsys.readouterr().err and quiet.info["steps"]["analyse/spatial_scores"]["warnings"]
+    s = rig.run(tmp_path / "p.toml", archive=tmp_path / "archive", progress=True)
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note (analyse/spatial_scores)")]
     assert len(notes) == 1 and "too few for class_fdr" in notes[0], err
