@@ -37,7 +37,7 @@ RGB = ("r", "g", "b")
 def gradient_rfs(response_fn: Callable[[Any], Any], images: Any, units: Sequence[int] | None = None,
                  method: str = "gradient", *, abs: bool = False, steps: int = 32, baseline: float | Any = 0.0,
                  samples: int = 16, noise: float = 0.1, seed: int = 0, batch_size: int = 16,
-                 unit_chunk: int = 16, vectorize: bool = True) -> xr.DataArray:
+                 unit_chunk: int = 16, vectorize: bool = False) -> xr.DataArray:
     """Gradient receptive fields `(unit, stimulus, channel, y, x)` of chosen units of `response_fn` per image.
 
     Args:
@@ -57,9 +57,10 @@ def gradient_rfs(response_fn: Callable[[Any], Any], images: Any, units: Sequence
             unit's input gradient is one vector-Jacobian product over the batch on that forward's graph), and
             units whose gradients are held at once (memory grows with `batch_size * unit_chunk`).
         vectorize: the chunk's units in one vmapped backward pass (`is_grads_batched`: the backward's every op
-            runs once on `unit_chunk` x `batch_size` images' gradients) instead of one backward per unit (False;
-            also the fallback for ops without a batching rule). On a CPU, 1.2-1.35x faster for ViT-B/32
-            (bench/receptive_fields.py), but slower for tiny networks (vmap has a fixed cost per call).
+            runs once on `unit_chunk` x `batch_size` images' gradients) instead of one backward per unit (the
+            default; also the fallback for ops without a batching rule). Measured on this project's 2-core CPU
+            for ViT-B/32 (bench/receptive_fields.py, best of 2): 71 vs 56 ms per (unit, image), slower; an
+            earlier run found it 1.2-1.35x faster: try it on your hardware (on a GPU it batches the work).
 
     Returns:
         float32 `xr.DataArray` in response units per unit of pixel value, coordinates `unit` (the columns, or

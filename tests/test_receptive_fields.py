@@ -93,7 +93,7 @@ def test_gradient_rfs_inputs_and_errors():
     a = analyses.gradient_rfs(net, x)  # all units, numpy
     assert a.shape == (5, 3, 3, 10, 10) and list(a["channel"].values) == ["r", "g", "b"]
     b = analyses.gradient_rfs(net, list(x), units=np.arange(5), batch_size=1, unit_chunk=2,  # a list of images,
-                              vectorize=False)                                               # a backward per unit
+                              vectorize=True)                                                # one vmapped backward
     da = xr.DataArray(x, dims=("stimulus", "channel", "y", "x"), coords={"stimulus": [7, 8, 9]})
     c = analyses.gradient_rfs(net, da)
     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-8)
