@@ -201,7 +201,7 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
                   smoothing: float | None = 1.0, rate: str = "robust", alpha: float = 0.05,
                   scores: Sequence[str] = SCORES, min_occupancy: int = 1, block_units: int = 2048,
                   regress_out: Any = None, null: str = "permutation", stop_after: Any = "auto", group: int = 8,
-                  device: str | None = None, maps: Any = None, workers: int | None = None) -> xr.Dataset:
+                  device: str | None = None, maps: Any = None, workers: int | None = 1) -> xr.Dataset:
     """Scores, shuffle p-values, classes and FDR-controlled classes for every unit of `responses`
     (stimulus, other dims...): see the module docstring for the nulls, the sequential stop and what a class is.
 
@@ -216,7 +216,9 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     that run all shuffles, h / l for units stopped after l (`stop_after`: `stop_count`); NaN where the observed
     score is NaN; a NaN null score counts as not beating it. device: None = numpy; "cpu" / "cuda" = torch.
     `workers`: threads scoring blocks of maps (grid and border scores; None = one per available core); the
-    result does not depend on it.
+    result does not depend on it. Default 1: on this project's 2-core CPU, 2 threads gave the nulls no wall time
+    (0.95x) for 50% more CPU (`bench/grid_speed.py`); use both cores with processes instead (e.g. the two
+    preparations as sweep points on `--workers 2`).
 
     Returns a Dataset over the unit dims with, per score, `<score>`, `<score>_p`, `<score>_q` (Benjamini-Hochberg
     over the units here, `fdr_adjust`), `<score>_null_mean`, `<score>_null_sd`, `<score>_shuffles` (shuffles

@@ -34,7 +34,8 @@ class SpatialScoresSettings(StepSettings):
     top_k: int = Field(5, gt=0, description="units per score shown in the figure")
     seed: int = 0
     workers: int | None = Field(None, ge=1, description="threads scoring blocks of maps (grid and border scores); "
-                                "default: one per available core; the results do not depend on it")
+                                "default: 1 with shuffles (threads gave the nulls no wall time on 2 cores), else "
+                                "one per available core; the results do not depend on it")
 
 
 def short_site(site: str) -> str:
@@ -72,7 +73,7 @@ class SpatialScores(Step):
                             rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
                             n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null,
                             stop_after=spec.stop_after or None, maps=maps, device=analysis_device(ctx),
-                            workers=spec.workers)
+                            workers=spec.workers or 1)
                     fdr_needed[site] = int(scores.attrs["fdr_shuffles_needed"])
                 else:
                     scores = xr.Dataset({
