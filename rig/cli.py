@@ -25,14 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         import shlex
 
-        from .archive import default_archive, session_command
+        from .archive import archive_option, session_command
         from .session import SessionInterrupted
 
         if isinstance(e, SessionInterrupted) and Path(str(e)).parent.name == "sweeps":  # a sweep's folder
-            archive = Path(str(e)).parent.parent
-            where = "" if archive.resolve() == default_archive().resolve() else f" --archive {shlex.quote(str(archive))}"
             print(f"interrupted: sweep {Path(str(e)).name} is marked interrupted; finish it with `rig sweep "
-                  f"{shlex.quote(str(args.protocol))}{where}`", file=sys.stderr)
+                  f"{shlex.quote(str(args.protocol))}{archive_option(Path(str(e)).parent.parent)}`", file=sys.stderr)
         elif isinstance(e, SessionInterrupted):
             print(f"interrupted: {Path(str(e)).name} is marked interrupted; finish it with "
                   f"`{session_command('resume', str(e))}`", file=sys.stderr)
