@@ -112,6 +112,10 @@ def fdr_adjust(p: Any) -> np.ndarray:
     return out
 
 
+class TooFewShufflesWarning(UserWarning):
+    """`spatial_nulls` drew fewer shuffles than Benjamini-Hochberg needs to pass a single unit (`shuffles_for_fdr`)."""
+
+
 def shuffles_for_fdr(n_units: int, alpha: float) -> int:
     """Shuffles needed before a single unit among `n_units` can pass Benjamini-Hochberg at `alpha`: the
     smallest attainable p, 1 / (1 + n), must reach the smallest threshold alpha / n_units."""
@@ -341,5 +345,5 @@ def _result(tallies: dict[str, list[_Tally]], n_shuffles: int, alpha: float, res
         warnings.warn(f"{n_shuffles} shuffles: the smallest attainable p, 1/{n_shuffles + 1}, is above the "
                       f"smallest Benjamini-Hochberg threshold alpha/m = {alpha}/{m}: units pass the FDR correction "
                       f"only when at least {int(np.ceil(m / (alpha * (n_shuffles + 1))))} of them have that p; "
-                      f"{needed} shuffles let a single unit pass", stacklevel=3)
+                      f"{needed} shuffles let a single unit pass", TooFewShufflesWarning, stacklevel=3)
     return ds

@@ -59,6 +59,7 @@ class SpatialScores(Step):
 
     def run(self, ctx: StepContext, spec: SpatialScoresSettings) -> None:
         import analyses
+        from analyses.nulls import TooFewShufflesWarning
 
         rm_spec = ctx.referenced(spec, "ratemaps").spec
         with ctx.recording() as rec, open_ratemaps(ctx.result_of(spec, "ratemaps")) as site_maps:
@@ -68,7 +69,7 @@ class SpatialScores(Step):
                 maps = site_maps[site]
                 if spec.shuffles > 0:
                     with warnings.catch_warnings():  # said once for all sites below
-                        warnings.filterwarnings("ignore", message=".*shuffles let a single unit pass")
+                        warnings.simplefilter("ignore", TooFewShufflesWarning)
                         scores = analyses.spatial_nulls(
                             rec[site], **rm_spec.map_kwargs(ctx.stimuli.canvas), rate=spec.rate, alpha=spec.alpha,
                             n_shuffles=spec.shuffles, seed=spec.seed, null=spec.null,
