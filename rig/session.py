@@ -372,11 +372,10 @@ def _protocol_file(session: Session, overrides: list[str] | None) -> Protocol:
     point's settings)."""
     toml = session.layout.protocol_toml
     text = toml.read_text(encoding="utf-8")
-    point = session.info.get("point")
-    if point is not None:
+    if session.point is not None:
         from .sweeps import point_protocol
 
-        return point_protocol(text, str(toml), overrides, point.get("settings") or {})
+        return point_protocol(text, str(toml), overrides, session.point)
     return parse_protocol(text, str(toml), overrides)
 
 
