@@ -231,15 +231,15 @@ def bootstrap_compare(a: Any, b: Any, method: str = "spearman", n_bootstrap: int
     if sa.shape[1] != sb.shape[1]:
         raise AnalysisInputError("RDMs of different numbers of stimuli cannot be compared")
     n, n_bootstrap = n_from_pairs(sa.shape[1]), int(n_bootstrap)
-    groups: dict[bytes, list[int]] = {}
-    for k, row in enumerate(np.isnan(sa)):
+    nan_a, groups = np.isnan(sa), {}
+    for k, row in enumerate(nan_a):
         groups.setdefault(np.packbits(row).tobytes(), []).append(k)
     if len(groups) > 1:  # RDMs of `a` with different NaN pairs are resampled apart, on the same samples: a pair
         # NaN in one of them (e.g. a site with patterns of norm 0) must not leave the comparisons of the others
         order = [k for idx in groups.values() for k in idx]
         parts = [bootstrap_compare(sa[idx], sb, method, n_bootstrap, level, seed, workers) for idx in groups.values()]
         return xr.concat(parts, "a", combine_attrs="override").isel(a=np.argsort(order))
-    keep = ~(np.isnan(sa).any(axis=0) | np.isnan(sb).any(axis=0))
+    keep = ~(nan_a.any(axis=0) | np.isnan(sb).any(axis=0))
     sa, sb = sa[:, keep], sb[:, keep]
     i_all, j_all = np.triu_indices(n, 1)
     draws = np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))  # all samples drawn up front
