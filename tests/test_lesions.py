@@ -171,19 +171,40 @@ def test_cached_suffix_equals_full_forward_with_per_stimulus_masks(clip, circles
     rng = np.random.default_rng(0)
     masks = rng.random((len(circles), 64)) < 0.4  # a different unit set for every stimulus
     results = {}
-    for mode, kwargs in {"full": dict(use_cache=False), "memory": {}, "disk": dict(max_cache_bytes=0)}.items():
+    modes = {"full": dict(use_cache=False), "memory": {}, "disk": dict(max_cache_bytes=0),
+             "replay": {}, "replay on disk": dict(max_cache_bytes=0)}
+    for mode, kwargs in modes.items():
         with PrefixRunner(subject, circles, batch_size=3, **kwargs) as runner, \
                 silenced(subject.model.get_submodule(SITE)) as s:
-            runner.prepare(SITE)
+            runner.prepare(SITE, replay=mode.startswith("replay"))
             assert (runner.split is None) == (mode == "full")
+            # the site's own output is replayed (its computation skipped), so a weight lesion there is not covered
+            assert runner.replay == (SITE if mode.startswith("replay") else None)
+            assert runner.covers(SITE) == (not mode.startswith("replay"))
             results[mode] = runner.run(lambda out: out, on_batch=lambda idx: setattr(s, "mask", masks[idx]))
     assert runner.split is not None and runner.split.block == "visual.transformer.resblocks.2"
-    np.testing.assert_allclose(results["memory"], results["full"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(results["disk"], results["full"], rtol=1e-5, atol=1e-6)
+    for mode in ("memory", "disk", "replay", "replay on disk"):
+        np.testing.assert_allclose(results[mode], results["full"], rtol=1e-5, atol=1e-6)
     # and the masks mattered
     with PrefixRunner(subject, circles, batch_size=3, use_cache=False) as runner:
         clean = runner.run(lambda out: out)
     assert np.abs(clean - results["full"]).max() > 1e-4
+
+
+def test_replayed_site_in_the_cls_only_last_block_equals_full_forward(clip, circles):
+    """At the last block, whose CLS-only path receives the replayed output of every token: verified against the
+    full forward, and equal to it."""
+    subject, readout = clip
+    site = "visual.transformer.resblocks.3.attn"
+    masks = np.random.default_rng(1).random((len(circles), 64)) < 0.5
+    results = {}
+    for use_cache in (False, True):
+        with PrefixRunner(subject, circles, batch_size=3, use_cache=use_cache) as runner, \
+                silenced(subject.model.get_submodule(site)) as s:
+            runner.prepare(site, replay=True)
+            results[use_cache] = runner.run(lambda out: out, on_batch=lambda idx: setattr(s, "mask", masks[idx]))
+    assert runner.split.block == "visual.transformer.resblocks.3" and runner.replay == site
+    np.testing.assert_allclose(results[True], results[False], rtol=1e-5, atol=1e-6)
 
 
 class Reversed(nn.Module):
@@ -406,7 +427,7 @@ def test_unit_lesion_sweep_resumes_after_a_kill_and_equals_an_uninterrupted_run(
     xr.testing.assert_allclose(resumed, full)
     on_disk = xr.open_dataset(tmp_path / "sweep" / "unit_lesions.nc").load()
     np.testing.assert_allclose(on_disk["mean"].values, full["mean"].values)
-    assert full.attrs["prefix_cache"] == "visual.transformer.resblocks.2"
+    assert full.attrs["prefix_cache"] == "visual.transformer.resblocks.2" and full.attrs["replayed_site"] == SITE
     tp = full["target_probability"]
     assert np.isnan(tp.sel(strategy="targeted", repeat=1)).all() and not np.isnan(tp.sel(strategy="random")).any()
     # p = 0 is the baseline for every strategy; at p = 1 all strategies silence every unit

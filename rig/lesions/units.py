@@ -238,7 +238,7 @@ def unit_lesions(
                         digest = hashlib.sha1(np.packbits(ranks < k).tobytes() + str(ranks.shape).encode()).hexdigest()
                         if digest not in by_mask:
                             if runner.split is None and runner.fallback == "not prepared":
-                                runner.prepare(site)
+                                runner.prepare(site, replay=True)  # only the site's output changes
 
                             def on_batch(idx: np.ndarray, ranks=ranks, k=k) -> None:
                                 rows = ranks[idx] if len(ranks) > 1 else np.repeat(ranks, len(idx), 0)
@@ -259,6 +259,7 @@ def unit_lesions(
     ds.attrs.update(site=site, n_units=n_units, seed=seed, repeats=n_rep, target=str(_label(readout, target)),
                     unit=unit, unit_meaning=describe_unit(site, shape, unit),
                     prefix_cache=runner.split.block if runner.split else f"off: {runner.fallback}",
+                    replayed_site=runner.replay or "",
                     cls_only_last_block=int(runner.cls_only),
                     random_sets="one random unit set per repeat, shared by all stimuli, nested across proportions")
     if scores is not None:
