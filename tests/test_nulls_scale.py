@@ -46,6 +46,11 @@ def test_todays_results_are_reproduced_and_early_stopping_calls_the_same_units()
         assert (~ran).sum() >= 10  # most units stopped early ...
         assert (early[f"{k}_p"].values[~ran] > SETTINGS["alpha"]).all()  # ... and only non-significant ones
     np.testing.assert_array_equal(early["class_fdr"].values, full["class_fdr"].values)
+    one_by_one = quiet(spatial_nulls, units(), **SETTINGS, group=1)  # how shuffles are grouped changes nothing
+    for k in SCORES:
+        for col in (k, f"{k}_p", f"{k}_shuffles"):
+            np.testing.assert_array_equal(one_by_one[col].values, early[col].values)
+        np.testing.assert_allclose(one_by_one[f"{k}_null_mean"].values, early[f"{k}_null_mean"].values, atol=1e-12)
     h = stop_count("auto", 0.05, 49)
     assert h == 3 and early.attrs["stop_after"] == h and full.attrs["stop_after"] == -1
 
