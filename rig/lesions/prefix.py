@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rig.errors import SiteError
+from rig.errors import RigError, SiteError
 from rig.lesions.source import StimulusSource
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
@@ -166,6 +166,7 @@ class PrefixRunner:
         self._inputs: dict[tuple, torch.Tensor] = {}  # image shape -> preprocessed zero images
         self._cls: tuple[nn.Module, Callable] | None = None  # CLS-only last block, when verified
         self.replay: str | None = None  # the site whose cached output suffix forwards replay
+        self._axes: Any = None  # batch axis of every tensor of a cache entry (`_batch_axes`)
         self.device = torch.device(getattr(subject, "device", "cpu"))
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -222,6 +223,34 @@ class PrefixRunner:
                     outs.append(self._readout(readout, self._suffix_forward(shape, self._load(payload))))
         return np.concatenate(outs, axis=0)
 
+    def run_conditions(self, readout: Readout, n_conditions: int,
+                       set_masks: Callable[[np.ndarray, np.ndarray], None], per_forward: int = 1,
+                       done: Callable[[np.ndarray], np.ndarray | None] | None = None,
+                       keep: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
+        """Many conditions batched per stimulus: each batch of B stimuli (its cache entry loaded once) runs
+        with up to `per_forward` conditions tiled into one forward of (conditions x B) rows, condition-major
+        (row j: condition `conds[j // B]`, stimulus `idx[j % B]`); `set_masks(conds, idx)` is called before each
+        forward. `done(idx)` returns the stored `(C, B, K)` readout of a stimulus batch finished earlier (or None:
+        run it); `keep(idx, out)` receives each batch's `(C, B, K)` readout when it is computed."""
+        conds_all = np.arange(n_conditions)
+        per_forward = max(per_forward, 1) if self.source.n > 1 else 1
+        with torch.no_grad():
+            for idx, images, shape, payload in self._stimulus_batches():
+                if done is not None and done(idx) is not None:
+                    continue
+                parts = []
+                for c0 in range(0, n_conditions, per_forward):
+                    conds = conds_all[c0:c0 + per_forward]
+                    set_masks(conds, idx)
+                    if self.split is None:
+                        out = self._forward(np.concatenate([images] * len(conds)))
+                    else:
+                        tiled = self._tile(self._load(payload), len(conds))
+                        out = self._suffix_forward((len(conds) * shape[0],) + tuple(shape[1:]), tiled)
+                    parts.append(self._readout(readout, out).reshape(len(conds), len(idx), -1))
+                if keep is not None:
+                    keep(idx, np.concatenate(parts))
+
     def probe(self, n: int = 1) -> None:
         """One full forward of the first `n` stimuli (no grad), for hooks the caller registered around it."""
         _, images = next(iter(self.source.batches(n)))
@@ -252,6 +281,53 @@ class PrefixRunner:
         self.close()
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _stimulus_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray | None, tuple, Any]]:
+        """(indices, images or None, image shape, cache payload or None) per stimulus batch."""
+        if self.split is None:
+            for idx, images in self.source.batches(self.batch_size):
+                yield np.asarray(idx), images, tuple(images.shape), None
+        else:
+            for idx, shape, payload in self._entries:
+                yield idx, None, shape, payload
+
+    def _batch_axes(self) -> Any:
+        """The batch axis of every tensor in a cache entry (None: not batched, e.g. a mask), from the cached
+        structures of one and of two stimuli (the axis that grows)."""
+        if self._axes is None:
+            _, images = next(iter(self.source.batches(2)))
+            if len(images) < 2:
+                raise RigError("tiling a cache entry needs the batch axis, seen with at least 2 stimuli")
+            one, two = (self._capture(images[:n], self.split, replay=self.replay) for n in (1, 2))
+
+            def axis(a: Any, b: Any) -> Any:
+                if isinstance(a, torch.Tensor):
+                    moving = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+                    return moving[0] if moving else None
+                if isinstance(a, (tuple, list)):
+                    return type(a)(axis(x, y) for x, y in zip(a, b))
+                if isinstance(a, dict):
+                    return {k: axis(a[k], b[k]) for k in a}
+                return None
+
+            self._axes = axis(one, two)
+        return self._axes
+
+    def _tile(self, cached: Any, n: int) -> Any:
+        """The cache entry repeated `n` times along each tensor's batch axis (condition-major)."""
+        if n == 1:
+            return cached
+
+        def tile(obj: Any, ax: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return obj if ax is None or n == 1 else torch.cat([obj] * n, dim=ax)
+            if isinstance(obj, (tuple, list)):
+                return type(obj)(tile(o, a) for o, a in zip(obj, ax))
+            if isinstance(obj, dict):
+                return {k: tile(v, ax[k]) for k, v in obj.items()}
+            return obj
+
+        return tile(cached, self._batch_axes())
+
     def _split_for(self, site: str) -> BlockSplit | None:
         for s in split_candidates(self.model, site):
             if self.split is not None and s.container == self.split.container:
@@ -260,7 +336,7 @@ class PrefixRunner:
 
     def _set_fallback(self, reason: str) -> None:
         self.close()
-        self.split, self.fallback, self._cls, self.replay = None, reason, None, None
+        self.split, self.fallback, self._cls, self.replay, self._axes = None, reason, None, None, None
         self._stem, self._inputs = {}, {}
 
     def _container(self, split: BlockSplit) -> nn.Module:
@@ -439,7 +515,7 @@ class PrefixRunner:
                 shutil.rmtree(old_tmp, ignore_errors=True)
         if self.split is None or self.split.container != split.container:
             self._stem, self._inputs = {}, {}
-        self.split, self.fallback, self.replay = split, None, replay
+        self.split, self.fallback, self.replay, self._axes = split, None, replay, None
         if split.container in self._verified and replay is None:
             self._cls = self._verified[split.container]
             return None

@@ -171,6 +171,7 @@ def unit_lesions(
     repeats: int = 5,
     seed: int = 0,
     batch_size: int = 32,
+    per_forward: int = 1,
     folder: str | Path | None = None,
     use_cache: bool = True,
     max_cache_bytes: int = 2**30,
@@ -181,8 +182,11 @@ def unit_lesions(
     `readout(output) -> (B, K)` probabilities with an index `readout.target`. `unit`: `"channel"` or `"element"`
     (what a unit is; `rig.lesions.ranking`). Ranked strategies (`RANKED`) read `scores` (one row per stimulus,
     e.g. held-out: `rig.lesions.ranking.held_out_scores`) or else `ratemaps` (one map set for all stimuli, at
-    `positions=(x, y)` px, default the stimulus set's `x`, `y`). With `folder`, each condition is stored as it
-    finishes (a killed sweep resumes there) and the result is written atomically to `folder/unit_lesions.nc`.
+    `positions=(x, y)` px, default the stimulus set's `x`, `y`). Conditions are batched per stimulus: every
+    distinct unit set runs on each batch of `batch_size` stimuli while its cached prefix is loaded (once), with
+    `per_forward` unit sets tiled into one forward (`PrefixRunner.run_conditions`; on a GPU raise both). With
+    `folder`, each stimulus batch is stored as it finishes (a killed sweep resumes there) and the result is
+    written atomically to `folder/unit_lesions.nc`.
 
     Returns `target_probability(strategy, repeat, proportion, stimulus)` (NaN for repeats > 0 of deterministic
     strategies), `mean`, `ci_low`, `ci_high` `(strategy, proportion)` (95 % interval over the random unit sets
@@ -220,37 +224,54 @@ def unit_lesions(
     tp = np.full((len(strategies), n_rep, len(proportions), n_stim), np.nan, np.float32)
     overlap = np.full((len(strategies), len(proportions)), np.nan)
     mean_ranks = unit_ranks("by_mean", n_units, n_stim, scores=scores, unit=unit) if scores is not None else None
-    by_mask: dict[str, np.ndarray] = {}
+    masks: dict[str, tuple[np.ndarray, int]] = {}  # distinct unit sets to run: digest -> (ranks, k)
+    cells: list[tuple[int, int, int, str]] = []  # (strategy, repeat, proportion) -> its unit set
+    for si, strat in enumerate(strategies):
+        for r in range(n_rep if strat == "random" else 1):
+            ranks = unit_ranks(strat, n_units, n_stim, scores=scores, ratemaps=ratemaps, x=x, y=y, unit=unit,
+                               units=units, seed=seed, repeat=r)
+            for pi, k in enumerate(ks):
+                k = min(k, len(units)) if strat == "units" else k
+                if mean_ranks is not None and r == 0:
+                    overlap[si, pi] = set_overlap(ranks, mean_ranks, k)
+                sets = np.broadcast_to(ranks < k, (n_stim, n_units))  # e.g. p = 0 and 1: one set for all strategies
+                digest = hashlib.sha1(np.packbits(sets).tobytes()).hexdigest()
+                masks.setdefault(digest, (ranks, int(k)))
+                cells.append((si, r, pi, digest))
+    order = list(masks)
     silencer = UnitSilencer(runner.model.get_submodule(site), unit, batch_axis)
+    probs: np.ndarray | None = None  # (distinct set, stimulus, choice)
+
+    def key(idx: np.ndarray) -> str:
+        return f"stimuli {idx[0]}-{idx[-1]}"
+
+    def set_masks(conds: np.ndarray, idx: np.ndarray) -> None:
+        silencer.mask = np.concatenate([np.broadcast_to(masks[order[c]][0], (n_stim, n_units))[idx]
+                                        < masks[order[c]][1] for c in conds])
+
+    def keep(idx: np.ndarray, out: np.ndarray) -> None:
+        nonlocal probs
+        if probs is None:
+            probs = np.full((len(order), n_stim, out.shape[-1]), np.nan, np.float32)
+        probs[:, idx] = out
+        store.put(key(idx), out)
+
+    def done(idx: np.ndarray) -> np.ndarray | None:
+        out = store.get(key(idx))
+        if out is not None:
+            keep(idx, out)
+        return out
+
+    starts = range(0, n_stim, batch_size)
     try:
-        for si, strat in enumerate(strategies):
-            for r in range(n_rep if strat == "random" else 1):
-                ranks = unit_ranks(strat, n_units, n_stim, scores=scores, ratemaps=ratemaps, x=x, y=y, unit=unit,
-                                   units=units, seed=seed, repeat=r)
-                for pi, k in enumerate(ks):
-                    if strat == "units":
-                        k = min(k, len(units))
-                    if mean_ranks is not None and r == 0:
-                        overlap[si, pi] = set_overlap(ranks, mean_ranks, k)
-                    key = f"{strat}/r{r}/p{proportions[pi]:.9f}"
-                    probs = store.get(key)
-                    if probs is None:
-                        digest = hashlib.sha1(np.packbits(ranks < k).tobytes() + str(ranks.shape).encode()).hexdigest()
-                        if digest not in by_mask:
-                            if runner.split is None and runner.fallback == "not prepared":
-                                runner.prepare(site, replay=True)  # only the site's output changes
-
-                            def on_batch(idx: np.ndarray, ranks=ranks, k=k) -> None:
-                                rows = ranks[idx] if len(ranks) > 1 else np.repeat(ranks, len(idx), 0)
-                                silencer.mask = rows < k
-
-                            by_mask[digest] = runner.run(readout, on_batch)
-                        probs = by_mask[digest]
-                        store.put(key, probs)
-                    tp[si, r, pi] = probs[:, target]
+        if any(done(np.arange(i, min(i + batch_size, n_stim))) is None for i in starts):
+            runner.prepare(site, replay=True)  # only the site's output changes: its own computation is replayed
+            runner.run_conditions(readout, len(order), set_masks, per_forward=per_forward, done=done, keep=keep)
     finally:
         silencer.remove()
         runner.close()
+    for si, r, pi, digest in cells:
+        tp[si, r, pi] = probs[order.index(digest), :, target]
     ds = _unit_dataset(tp, strategies, proportions, ks, source, x, y, seed, n_boot)
     if mean_ranks is not None:
         ds["overlap_by_mean"] = (("strategy", "proportion"), overlap, {

@@ -41,7 +41,9 @@ class UnitLesionsSettings(StepSettings):
         "ratemaps", description="ratemaps step whose settings (bins, smoothing, ...) make the ranking maps")
     repeats: int = Field(5, gt=0, description="repeats of random lesions (other strategies are deterministic)")
     n_stimuli: int | None = Field(None, gt=0, description="lesion the first n stimuli (default all)")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="stimuli per batch of the cached prefix")
+    per_forward: int = Field(1, gt=0, description="unit sets (conditions) run together on each stimulus batch: "
+                                                  "batch_size x per_forward rows per forward (raise both on a GPU)")
     seed: int = 0
 
     @field_validator("proportions")
@@ -133,7 +135,8 @@ class UnitLesions(Step):
                          scores.ranking, scores.n_nearest)
         ds = unit_lesions(ctx.subject, stim, ctx.readout, spec.site, strategy=spec.strategy,
                           proportions=spec.proportion_values(), scores=scores, unit=spec.unit, units=spec.units,
-                          repeats=spec.repeats, seed=spec.seed, batch_size=spec.batch_size, folder=ctx.scratch)
+                          repeats=spec.repeats, seed=spec.seed, batch_size=spec.batch_size,
+                          per_forward=spec.per_forward, folder=ctx.scratch)
         for strategy in spec.strategy:
             if ds.sizes["proportion"] > 1:
                 half = ds["mean"].sel(strategy=strategy).interp(proportion=0.5)
