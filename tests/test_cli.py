@@ -51,7 +51,7 @@ def test_missing_pretrained_weights_offline_is_one_line_and_writes_nothing(tmp_p
                           str(tmp_path / "archive")], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("error: protocols/circles-clip.toml:12: subject.weights: ")
+    assert line.startswith("error: protocols/circles-clip.toml:14: subject.weights: ")
     for fragment in ("'openai'", "ViT-B-32", "huggingface", 'weights = "/path/to/file.pt"'):
         assert fragment in line, fragment
     assert not (tmp_path / "archive").exists()
