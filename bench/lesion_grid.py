@@ -5,7 +5,9 @@ weights), for the ways `PrefixRunner` can run it, side by side on the same image
   all stimuli (the code before site replay);
 - `site replayed, one at a time`: the cache also holds the site's output, so block 9's attention is skipped;
 - `site replayed, P per forward`: conditions batched per stimulus (`run_conditions`): each stimulus batch runs
-  P unit sets in one forward of P x batch rows (what `unit_lesions` does, P = `per_forward`).
+  P unit sets in one forward of P x batch rows (what `unit_lesions` does, P = `per_forward`);
+- `site replayed, bfloat16`: the same under `torch.autocast` in bfloat16 (`unit_lesions(precision="bfloat16")`);
+  its max |diff| is its error against float32.
 
 Rounds alternate between the ways so that load from other processes hits all alike; best round of each is
 printed (wall and CPU ms per (stimulus, condition)), with its ratio to the first way and the largest difference
@@ -15,6 +17,7 @@ of readouts from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -46,6 +49,7 @@ def main() -> None:
     sets = rng.random((a.conditions, a.n, 768)) < rng.random((a.conditions, 1, 1))  # a unit set per stimulus
     ways = [("block input, one condition at a time", False, 0), ("site replayed, one at a time", True, 0)]
     ways += [(f"site replayed, {p} per forward", True, p) for p in map(int, a.per_forward.split(","))]
+    ways += [("site replayed, bfloat16", True, -1)]
     best = {name: (np.inf, np.inf) for name, _, _ in ways}
     outs = {}
     with silenced(subject.model.get_submodule(SITE)) as silencer:
@@ -57,9 +61,11 @@ def main() -> None:
             for name, replay, per in ways:
                 runner = runners[replay]
                 t, c = time.perf_counter(), time.process_time()
-                if per == 0:
-                    out = np.stack([runner.run(readout, lambda idx, k=k: setattr(silencer, "mask", sets[k][idx]))
-                                    for k in range(a.conditions)])
+                if per <= 0:
+                    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if per < 0 else contextlib.nullcontext()
+                    with ctx:
+                        out = np.stack([runner.run(readout, lambda idx, k=k: setattr(silencer, "mask", sets[k][idx]))
+                                        for k in range(a.conditions)])
                 else:
                     out = np.zeros((a.conditions, a.n, 2), np.float32)
 

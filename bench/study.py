@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--analyse-blocks", default=str(LESION_BLOCK), help="comma-separated blocks whose ratemaps and "
                     "scores are computed (the lesion ranking needs block 9)")
     ap.add_argument("--lesion-stimuli", type=int, default=300, help="stimuli lesioned (of --stimuli)")
+    ap.add_argument("--lesion-precision", default="float32", choices=["float32", "bfloat16"],
+                    help="precision of the lesioned forwards (bfloat16: autocast, its error reported)")
     ap.add_argument("--stimuli", type=int, default=3000)
     ap.add_argument("--shuffles", type=int, default=100)
     ap.add_argument("--device", default="auto", help="subject (and analysis) device: auto, cpu, cuda")
@@ -98,7 +100,7 @@ def main() -> None:
     overrides = ["subject.weights=random", f"subject.device={a.device}", f"stimuli.n={a.stimuli}",
                  f"record.sites={names(recorded)}", f"record.tokens={'all' if len(tokens) == FULL_TOKENS else tokens}",
                  f"analyse.0.sites={names(mapped)}", f"analyse.1.shuffles={a.shuffles}",
-                 f"perturb.0.n_stimuli={min(a.lesion_stimuli, a.stimuli)}"]
+                 f"perturb.0.n_stimuli={min(a.lesion_stimuli, a.stimuli)}", f"perturb.0.precision={a.lesion_precision}"]
     archive = Path(a.archive or tempfile.mkdtemp(prefix="scale-study-"))
     load = os.getloadavg()
     t0 = time.perf_counter()
@@ -123,7 +125,7 @@ def main() -> None:
           f"{a.workers} worker process(es)")
     print(f"recorded: {len(recorded)} sites x {len(tokens)} tokens x {FULL_UNITS} units = {recorded_units} units; "
           f"mapped and scored: blocks {mapped} = {mapped_units} units (1/{full_units / mapped_units:.0f} of "
-          f"{full_units}); lesioned: {n_lesion} stimuli (1/{a.stimuli / n_lesion:.0f})")
+          f"{full_units}); lesioned: {n_lesion} stimuli (1/{a.stimuli / n_lesion:.0f}) in {a.lesion_precision}")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs; sweep {sweep.path}")
     print(f"forward pass alone ({threads or torch.get_num_threads()} thread(s)): {1e3 * per_stim:.1f} ms per "

@@ -215,6 +215,25 @@ def test_conditions_batched_per_stimulus_equal_one_condition_at_a_time(clip, cir
         assert seen == [12, 8, 12, 8, 6, 4]  # 10 stimuli in batches of 4, 5 conditions 3 at a time
 
 
+def test_bfloat16_lesions_measure_their_own_error_on_the_first_batch(tmp_path, clip, circles):
+    subject, readout = clip
+    kw = dict(site=SITE, strategy=["random", "targeted_raw"], proportions=[0.0, 0.5, 1.0], ratemaps=_ranking_maps(),
+              repeats=1, batch_size=4)
+    exact = unit_lesions(subject, circles, readout, **kw)
+    fast = unit_lesions(subject, circles, readout, precision="bfloat16", folder=tmp_path / "bf16", **kw)
+    diff = fast["target_probability"] - exact["target_probability"]
+    first = diff.isel(stimulus=slice(0, 4))
+    # the stored bound is the float32-vs-bfloat16 difference it measured on the first batch of 4 stimuli
+    np.testing.assert_allclose(fast.attrs["precision_max_abs_diff"], float(np.abs(first).max()), atol=1e-6)
+    assert 0 < fast.attrs["precision_max_abs_diff"] < 0.05 and fast.attrs["precision"] == "bfloat16"
+    assert float(np.abs(diff).max()) < 0.05 and exact.attrs["precision"] == "float32"
+    assert "precision_max_abs_diff" not in exact.attrs
+    resumed = unit_lesions(subject, circles, readout, precision="bfloat16", folder=tmp_path / "bf16", **kw)
+    assert resumed.attrs["precision_max_abs_diff"] == fast.attrs["precision_max_abs_diff"]
+    with pytest.raises(RigError, match="precision must be one of"):
+        unit_lesions(subject, circles, readout, precision="float16", **kw)
+
+
 def test_replayed_site_in_the_cls_only_last_block_equals_full_forward(clip, circles):
     """At the last block, whose CLS-only path receives the replayed output of every token: verified against the
     full forward, and equal to it."""
@@ -417,6 +436,11 @@ def test_unit_ranks_strategies():
 
 
 # -- unit-lesion sweep -------------------------------------------------------------------------------------------
+def _ranking_maps():
+    return xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), np.random.default_rng(5).normal(size=(64, 4, 4)))},
+                      coords={"y_bin": np.arange(4) * 16 + 8.0, "x_bin": np.arange(4) * 16 + 8.0})
+
+
 def _chain_ratemaps(n_units=8):
     values = np.random.default_rng(5).normal(size=(n_units, 2, 2))
     return xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), values)},
@@ -425,10 +449,8 @@ def _chain_ratemaps(n_units=8):
 
 def test_unit_lesion_sweep_resumes_after_a_kill_and_equals_an_uninterrupted_run(tmp_path, circles, clip):
     subject, readout = clip
-    rm = xr.Dataset({"ratemap": (("unit", "y_bin", "x_bin"), np.random.default_rng(5).normal(size=(64, 4, 4)))},
-                    coords={"y_bin": np.arange(4) * 16 + 8.0, "x_bin": np.arange(4) * 16 + 8.0})
     kw = dict(site=SITE, strategy=["random", "targeted", "targeted_abs"], proportions=[0.0, 0.25, 0.5, 1.0],
-              ratemaps=rm, repeats=2, seed=4, batch_size=4, per_forward=4)
+              ratemaps=_ranking_maps(), repeats=2, seed=4, batch_size=4, per_forward=4)
     full = unit_lesions(subject, circles, readout, **kw)
     calls = {"n": 0}
 
