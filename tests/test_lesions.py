@@ -471,6 +471,10 @@ def test_unit_lesion_sweep_resumes_after_a_kill_and_equals_an_uninterrupted_run(
     calls["n"] = -10**6
     resumed = unit_lesions(subject, circles, killed, folder=tmp_path / "sweep", **kw)
     xr.testing.assert_allclose(resumed, full)
+    calls["n"] = 0  # all stored: no forward at all, and the result says so
+    again = unit_lesions(subject, circles, killed, folder=tmp_path / "sweep", **kw)
+    assert calls["n"] == 0 and again.attrs["prefix_cache"].startswith("not needed")
+    xr.testing.assert_allclose(again, full)
     on_disk = xr.open_dataset(tmp_path / "sweep" / "unit_lesions.nc").load()
     np.testing.assert_allclose(on_disk["mean"].values, full["mean"].values)
     assert full.attrs["prefix_cache"] == "visual.transformer.resblocks.2" and full.attrs["replayed_site"] == SITE

@@ -13,7 +13,7 @@ For an open_clip ViT whose image output is the CLS token (`pool_type='tok'`, no 
 the last block computes attention with the CLS query only and its MLP on CLS only (`cls_only_forward`).
 `prepare(site, replay=True)` (unit lesions, which only mask the site's output) also caches the site's own output
 and replays it in every suffix forward, so the site's computation is skipped too (at resblock 9's attention of
-ViT-B/32: 1.16x less per condition), for twice the cache.
+ViT-B/32: 1.20x less CPU per condition, `bench/lesion_grid.py`), for twice the cache.
 The first time a container is used the cached path is checked against the full forward on the first batch
 (CLS-only path first, then without it); a mismatch, a site outside any block sequence, or blocks that do not run
 in order fall back to the exact full forward (`runner.fallback` says why).
@@ -319,7 +319,7 @@ class PrefixRunner:
 
         def tile(obj: Any, ax: Any) -> Any:
             if isinstance(obj, torch.Tensor):
-                return obj if ax is None or n == 1 else torch.cat([obj] * n, dim=ax)
+                return obj if ax is None else torch.cat([obj] * n, dim=ax)
             if isinstance(obj, (tuple, list)):
                 return type(obj)(tile(o, a) for o, a in zip(obj, ax))
             if isinstance(obj, dict):

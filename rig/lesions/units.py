@@ -189,8 +189,8 @@ def unit_lesions(
     `positions=(x, y)` px, default the stimulus set's `x`, `y`). Conditions are batched per stimulus: every
     distinct unit set runs on each batch of `batch_size` stimuli while its cached prefix is loaded (once), with
     `per_forward` unit sets tiled into one forward (`PrefixRunner.run_conditions`; on a GPU raise both).
-    `precision="bfloat16"` runs the lesioned forwards under `torch.autocast` in bfloat16 (1.56x less CPU per
-    condition on this project's CPU, which has AVX512-BF16; slower on CPUs without bf16 instructions) and
+    `precision="bfloat16"` runs the lesioned forwards under `torch.autocast` in bfloat16 (1.6x less CPU per
+    condition on this project's CPU, which has AVX512-BF16: `bench/lesion_grid.py`; slower on CPUs without) and
     measures its own error: the first stimulus batch is run in float32 too, and the largest difference of the
     target probability is stored (attrs `precision_check`, `precision_max_abs_diff`). With
     `folder`, each stimulus batch is stored as it finishes (a killed sweep resumes there) and the result is
@@ -261,17 +261,20 @@ def unit_lesions(
         silencer.mask = np.concatenate([np.broadcast_to(masks[order[c]][0], (n_stim, n_units))[idx]
                                         < masks[order[c]][1] for c in conds])
 
-    def keep(idx: np.ndarray, out: np.ndarray) -> None:
+    def fill(idx: np.ndarray, out: np.ndarray) -> None:
         nonlocal probs
         if probs is None:
             probs = np.full((len(order), n_stim, out.shape[-1]), np.nan, np.float32)
         probs[:, idx] = out
+
+    def keep(idx: np.ndarray, out: np.ndarray) -> None:
+        fill(idx, out)
         store.put(key(idx), out)
 
     def done(idx: np.ndarray) -> np.ndarray | None:
         out = store.get(key(idx))
         if out is not None:
-            keep(idx, out)
+            fill(idx, out)
         return out
 
     starts = range(0, n_stim, batch_size)
@@ -302,7 +305,9 @@ def unit_lesions(
                          "random: first repeat)"})
     ds.attrs.update(site=site, n_units=n_units, seed=seed, repeats=n_rep, target=str(_label(readout, target)),
                     unit=unit, unit_meaning=describe_unit(site, shape, unit),
-                    prefix_cache=runner.split.block if runner.split else f"off: {runner.fallback}",
+                    prefix_cache=runner.split.block if runner.split else (
+                        "not needed: every stimulus batch was resumed from the store"
+                        if runner.fallback == "not prepared" else f"off: {runner.fallback}"),
                     replayed_site=runner.replay or "",
                     cls_only_last_block=int(runner.cls_only),
                     random_sets="one random unit set per repeat, shared by all stimuli, nested across proportions")

@@ -43,7 +43,7 @@ class UnitLesionsSettings(StepSettings):
     n_stimuli: int | None = Field(None, gt=0, description="lesion the first n stimuli (default all)")
     batch_size: int = Field(32, gt=0, description="stimuli per batch of the cached prefix")
     precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="bfloat16: lesioned forwards under autocast (1.56x less CPU per condition on a CPU "
+        "float32", description="bfloat16: lesioned forwards under autocast (1.6x less CPU per condition on a CPU "
                                "with AVX512-BF16, slower without; GPUs with bf16 units gain more); the first "
                                "stimulus batch is also run in float32 and the largest difference is reported")
     per_forward: int = Field(1, gt=0, description="unit sets (conditions) run together on each stimulus batch: "
