@@ -191,10 +191,14 @@ def test_cached_suffix_equals_full_forward_with_per_stimulus_masks(clip, circles
     assert np.abs(clean - results["full"]).max() > 1e-4
 
 
-def test_conditions_batched_per_stimulus_equal_one_condition_at_a_time(clip, circles):
+def test_conditions_batched_per_stimulus_equal_one_condition_at_a_time(clip, circles, monkeypatch):
     """`run_conditions` tiles each cached stimulus batch over several unit sets per forward: the same readout as
-    running each unit set over all stimuli, with the cache in memory, on disk, or without a cache."""
+    running each unit set over all stimuli, with the cache in memory, on disk (each batch read once), or without
+    a cache."""
     subject, readout = clip
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
     sets = np.random.default_rng(2).random((5, len(circles), 64)) < 0.5  # 5 conditions, a set per stimulus
     for kwargs in ({}, dict(max_cache_bytes=0), dict(use_cache=False)):
         with PrefixRunner(subject, circles, batch_size=4, **kwargs) as runner, \
@@ -209,8 +213,10 @@ def test_conditions_batched_per_stimulus_equal_one_condition_at_a_time(clip, cir
                 seen.append(len(conds) * len(idx))
                 s.mask = np.concatenate([sets[c][idx] for c in conds])
 
+            reads.clear()
             runner.run_conditions(lambda out: out, len(sets), set_masks, per_forward=3,
                                   keep=lambda idx, out: got.__setitem__((slice(None), idx), out))
+            assert len(reads) == (3 if kwargs.get("max_cache_bytes") == 0 else 0)  # 3 stimulus batches on disk
         np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-6)
         assert seen == [12, 8, 12, 8, 6, 4]  # 10 stimuli in batches of 4, 5 conditions 3 at a time
 

@@ -211,16 +211,10 @@ class PrefixRunner:
         """Readout `(N, K)` float32 over all stimuli; `on_batch(indices)` is called before each batch."""
         outs: list[np.ndarray] = []
         with torch.no_grad():
-            if self.split is None:
-                for idx, images in self.source.batches(self.batch_size):
-                    if on_batch:
-                        on_batch(idx)
-                    outs.append(self._readout(readout, self._forward(images)))
-            else:
-                for idx, shape, payload in self._entries:
-                    if on_batch:
-                        on_batch(idx)
-                    outs.append(self._readout(readout, self._suffix_forward(shape, self._load(payload))))
+            for idx, images, shape, payload in self._stimulus_batches():
+                if on_batch:
+                    on_batch(idx)
+                outs.append(self._readout(readout, self._batch_forward(images, shape, payload)))
         return np.concatenate(outs, axis=0)
 
     def run_conditions(self, readout: Readout, n_conditions: int,
@@ -238,15 +232,12 @@ class PrefixRunner:
             for idx, images, shape, payload in self._stimulus_batches():
                 if done is not None and done(idx) is not None:
                     continue
+                cached = None if payload is None else self._load(payload)  # read once for all conditions
                 parts = []
                 for c0 in range(0, n_conditions, per_forward):
                     conds = conds_all[c0:c0 + per_forward]
                     set_masks(conds, idx)
-                    if self.split is None:
-                        out = self._forward(np.concatenate([images] * len(conds)))
-                    else:
-                        tiled = self._tile(self._load(payload), len(conds))
-                        out = self._suffix_forward((len(conds) * shape[0],) + tuple(shape[1:]), tiled)
+                    out = self._batch_forward(images, shape, cached, len(conds))
                     parts.append(self._readout(readout, out).reshape(len(conds), len(idx), -1))
                 if keep is not None:
                     keep(idx, np.concatenate(parts))
@@ -289,6 +280,14 @@ class PrefixRunner:
         else:
             for idx, shape, payload in self._entries:
                 yield idx, None, shape, payload
+
+    def _batch_forward(self, images: np.ndarray | None, shape: tuple, cached: Any, copies: int = 1) -> torch.Tensor:
+        """The model's output for one stimulus batch repeated `copies` times (condition-major): the full forward
+        of its images, or the suffix forward of its cache entry (`cached`: a payload or a loaded entry)."""
+        if self.split is None:
+            return self._forward(images if copies == 1 else np.concatenate([images] * copies))
+        entry = self._tile(self._load(cached), copies)
+        return self._suffix_forward((copies * shape[0],) + tuple(shape[1:]), entry)
 
     def _batch_axes(self) -> Any:
         """The batch axis of every tensor in a cache entry (None: not batched, e.g. a mask), from the cached
