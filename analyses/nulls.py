@@ -214,10 +214,12 @@ def spatial_nulls(responses: xr.DataArray, x: Any = None, y: Any = None, n_shuff
     ratemaps when already computed (the `ratemaps` result with the same settings: unit dims + (y_bin, x_bin)),
     so they are not computed twice. Shuffle i permutes the positions with the i-th permutation drawn from
     `numpy.random.default_rng(seed)` (for `null="shift"`, the shifts are drawn after them), the same for every
-    unit; up to `group` shuffles share one matrix product (`_groups`). Units are processed in blocks of about `block_units`
-    cells (256: a group of shuffled maps stays in the CPU's caches, 1.13x less CPU than 2048 on block 9's tokens): whole units (all their tokens / map positions), whole chunk columns of 16 units where they fit,
-    matching how the recorder chunks a recording (all tokens x 16 units). p = (1 + #{null >= observed}) / (1 + n_shuffles) for units
-    that run all shuffles, h / l for units stopped after l (`stop_after`: `stop_count`); NaN where the observed
+    unit; up to `group` shuffles share one matrix product (`_groups`). Units are processed in blocks of about
+    `block_units` cells (256: a group of shuffled maps stays in the CPU's caches, 1.13x less CPU than 2048 on
+    block 9's tokens): whole units (all their tokens / map positions), whole chunk columns of 16 units where
+    they fit, matching how the recorder chunks a recording (all tokens x 16 units).
+    p = (1 + #{null >= observed}) / (1 + n_shuffles) for units that run all shuffles, h / l for units stopped
+    after l (`stop_after`: `stop_count`); NaN where the observed
     score is NaN; a NaN null score counts as not beating it. device: None = numpy; "cpu" / "cuda" = torch.
     `workers`: threads scoring blocks of maps (grid and border scores; None = one per available core); the
     result does not depend on it. Default 1: on this project's 2-core CPU, 2 threads gave the nulls no wall time
